@@ -148,3 +148,83 @@ def checked(fn: Callable[..., T]) -> Callable[..., tuple[checkify.Error, T]]:
             return checkify.checkify(fn, errors=checkify.user_checks)(*args, **kwargs)
 
     return wrapper
+
+
+# -- helpers for the dropout variants (issue 4) --
+
+
+def below_one(rate: float | jax.Array, fn: str, reason: str, name: str = "rate") -> float | jax.Array:
+    """A probability already validated by :func:`probability` that must also be ``< 1``.
+
+    A concrete ``1.0`` raises ``ValueError`` (``reason`` says why the method is
+    undefined there). A traced value is capped at the largest float below 1 of
+    its dtype, so the result stays finite; under :func:`checked` a traced value of
+    1 is reported instead.
+    """
+    if isinstance(rate, float):
+        if rate >= 1.0:
+            raise ValueError(f"jaxdrop.{fn}: `{name}` must be < 1 ({reason}), got {rate}.")
+        return rate
+    if _TRACED_CHECKS.get():
+        checkify.check(rate < 1, f"jaxdrop.{fn}: `{name}` must be < 1 ({reason}), got {{v}}.", v=rate)
+    dtype = jnp.result_type(rate)
+    cap = np.nextafter(np.array(1.0, dtype), np.array(0.0, dtype))
+    return jnp.minimum(rate, cap)
+
+
+def nonnegative(value: Any, fn: str, name: str) -> float | jax.Array:
+    """A finite, non-negative scalar (a standard deviation, a temperature...).
+
+    Concrete values come back as a Python float (``ValueError`` if negative, NaN or
+    infinite). A traced scalar comes back as an array with negative or NaN values
+    replaced by 0, checked at run time only under :func:`checked`.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"jaxdrop.{fn}: `{name}` must be a non-negative number, got the bool {value}.")
+    if is_concrete(value):
+        arr = np.asarray(value)
+        if arr.ndim != 0 or not (
+            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+        ):
+            raise TypeError(
+                f"jaxdrop.{fn}: `{name}` must be a scalar number, got {type(value).__name__} "
+                f"of shape {arr.shape} and dtype {arr.dtype}."
+            )
+        v = float(arr)
+        if not math.isfinite(v) or v < 0.0:
+            raise ValueError(f"jaxdrop.{fn}: `{name}` must be finite and >= 0, got {v}.")
+        return v
+    if jnp.ndim(value) != 0:
+        raise TypeError(f"jaxdrop.{fn}: `{name}` must be a scalar, got shape {jnp.shape(value)}.")
+    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+        value = jnp.asarray(value, jnp.float32)
+    if _TRACED_CHECKS.get():
+        checkify.check(
+            (value >= 0) & jnp.isfinite(value),
+            f"jaxdrop.{fn}: `{name}` must be finite and >= 0, got {{v}}.",
+            v=value,
+        )
+    return jnp.where(value >= 0, value, jnp.zeros_like(value))
+
+
+def integer(value: Any, fn: str, name: str, minimum: int = 0) -> int:
+    """A Python int ``>= minimum`` (block sizes, depths, step counts)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(
+                f"jaxdrop.{fn}: `{name}` must be a Python int known at trace time (it sets a shape "
+                f"or a constant), got a traced value; mark it static."
+            )
+        raise TypeError(f"jaxdrop.{fn}: `{name}` must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"jaxdrop.{fn}: `{name}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def optional_axis(axis: Any, ndim: int, fn: str, name: str) -> int | None:
+    """One axis (negative allowed) normalised for rank ``ndim``, or ``None``."""
+    if axis is None:
+        return None
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"jaxdrop.{fn}: `{name}` must be an int axis or None, got {axis!r}.")
+    return axes((int(axis),), ndim, fn, name)[0]

@@ -42,6 +42,14 @@ def apply_mask(
     (x's dtype, 1 where ``keep`` is 0), ``shape`` the mask shape (broadcast to
     ``x.shape``). This is the differentiable core of every Bernoulli-mask method.
     """
+    return _select(key, x, keep, divisor, shape, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _select(
+    key: jax.Array, x: jax.Array, keep: jax.Array, divisor: jax.Array, shape: tuple[int, ...], mode: str
+) -> jax.Array:
+    # One compiled, fused kernel for eager calls; inlined under an outer jit.
     mask = prng.bernoulli(key, keep, shape, mode=mode)  # type: ignore[arg-type]
     return lax.select(jnp.broadcast_to(mask, x.shape), x / divisor, jnp.zeros_like(x))
 
@@ -82,6 +90,8 @@ def masked_scale(
     scalar. Callers handle ``rate == 0`` and ``rate == 1`` for concrete rates.
     """
     keep = _keep_prob(rate)
+    p: Any
+    divisor: Any
     if isinstance(keep, float):
         # Mask probability rounded once from the double 1 - rate, divisor rounded to
         # x's dtype: exactly flax.linen.Dropout's `bernoulli(key, 1.0 - rate)` and
@@ -90,8 +100,7 @@ def masked_scale(
         divisor = np.asarray(keep, x.dtype)
     else:
         p = keep
-        kept = keep > 0
-        divisor = jnp.where(kept, keep, 1).astype(x.dtype)
+        divisor = jnp.where(keep > 0, keep, 1).astype(x.dtype)
     return apply_mask(key, x, p, divisor, shape, mode)
 
 

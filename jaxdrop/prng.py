@@ -32,6 +32,7 @@ slice without communication.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Literal
 
@@ -73,7 +74,12 @@ def _is_key_dtype(dtype: Any) -> bool:
 
 
 def _default_key_shape() -> tuple[int, ...]:
-    return tuple(jax.random.key_data(jax.random.key(0)).shape)
+    return _key_shape_of(str(jax.config.jax_default_prng_impl))  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _key_shape_of(impl: str) -> tuple[int, ...]:
+    return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape)
 
 
 def as_key(key: Any, *, fn: str = "dropout", signature: str = "key, x, rate") -> jax.Array:
@@ -216,6 +222,13 @@ def bits(key: jax.Array, shape: tuple[int, ...], *, mode: Mode = "exact") -> jax
     shape = tuple(int(d) for d in shape)
     if not is_fused(key):
         return jax.random.bits(key, shape, jnp.uint32)
+    return _fused_bits(key, shape, rounds)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _fused_bits(key: jax.Array, shape: tuple[int, ...], rounds: int) -> jax.Array:
+    # Jitted so that eager calls run as one compiled kernel instead of hundreds of
+    # dispatched integer ops; under an outer jit it is inlined and fused.
     k0, k1 = _key_words(key)
     hi, lo = counters(shape)
     b1, b2 = threefry2x32(k0, k1, hi, lo, rounds)
@@ -262,11 +275,19 @@ def uniform(
     dtype = jax.dtypes.canonicalize_dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"uniform needs a floating dtype, got {dtype}.")
+    _rounds(mode)
+    return _uniform(key, tuple(int(d) for d in shape), dtype, minval, maxval, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 5))
+def _uniform(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any, minval: Any, maxval: Any, mode: Mode
+) -> jax.Array:
     finfo = jnp.finfo(dtype)
     nbits, nmant = finfo.bits, finfo.nmant
     rng_bits = 8 if nmant < 8 else nbits
-    uint = {16: np.uint16, 32: np.uint32, 64: np.uint64}[nbits]
-    raw = _bits_wide(key, tuple(shape), rng_bits, mode)
+    uint: Any = {16: np.uint16, 32: np.uint32, 64: np.uint64}[nbits]
+    raw = _bits_wide(key, shape, rng_bits, mode)
     if rng_bits != nbits:
         raw = lax.convert_element_type(raw, uint)
     one = np.array(1.0, dtype).view(uint)
