@@ -161,8 +161,8 @@ def dropout(
     >>> import jax, jax.numpy as jnp, jaxdrop
     >>> x = jnp.ones((2, 4))
     >>> jaxdrop.dropout(jax.random.key(0), x, 0.5)
-    Array([[2., 0., 2., 2.],
-           [2., 0., 2., 0.]], dtype=float32)
+    Array([[0., 0., 2., 2.],
+           [0., 2., 2., 0.]], dtype=float32)
     >>> jaxdrop.dropout(jax.random.key(0), x, 0.5, deterministic=True) is x
     True
     """
@@ -195,8 +195,8 @@ def keep_mask(
 
     >>> import jax, jaxdrop
     >>> jaxdrop.keep_mask(jax.random.key(0), (2, 4), 0.5)
-    Array([[ True, False,  True,  True],
-           [ True, False,  True, False]], dtype=bool)
+    Array([[False, False,  True,  True],
+           [False,  True,  True, False]], dtype=bool)
     """
     key = prng.as_key(key, fn="keep_mask", signature="key, shape, rate")
     shape = tuple(int(s) for s in shape)
