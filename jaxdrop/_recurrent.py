@@ -1,0 +1,221 @@
+"""Dropout for recurrent networks: locked (variational) dropout, embedding dropout, zoneout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxdrop import _checks, prng
+from jaxdrop._dropout import _mask_dtype, masked_scale
+from jaxdrop.prng import Mode
+
+__all__ = ["embedding_dropout", "locked_dropout", "zoneout"]
+
+
+def locked_dropout(
+    key: Any,
+    x: Any,
+    rate: float | jax.Array,
+    *,
+    time_axis: int = 1,
+    deterministic: bool = False,
+    mode: Mode = "exact",
+) -> jax.Array:
+    r"""Locked (variational) dropout (Gal & Ghahramani, 2016; Merity et al., 2018).
+
+    One inverted-dropout mask per sequence, reused at every time step:
+
+    .. math::
+
+        m_{b,f} \sim \mathrm{Bernoulli}(1 - \mathrm{rate}),\qquad
+        y_{b,t,f} = \frac{m_{b,f}}{1 - \mathrm{rate}}\, x_{b,t,f}\quad\text{for all } t.
+
+    Resampling the mask at every step (naive dropout on an RNN's sequence) injects
+    noise that accumulates over time; a fixed mask is the variational-inference
+    view and AWD-LSTM's ``LockedDropout``. Equal to
+    ``jaxdrop.dropout(key, x, rate, broadcast_dims=(time_axis,))``.
+
+    Args:
+      key: a PRNG key.
+      x: floating-point sequence of rank >= 2, batch-major ``(B, T, F)`` by
+        default, time-major ``(T, B, F)`` with ``time_axis=0``.
+      rate: probability of **dropping** a feature (for the whole sequence), in
+        ``[0, 1]``; ``0`` returns ``x`` itself, ``1`` returns zeros.
+      time_axis: the axis the mask is shared along (negative allowed).
+      deterministic: if True, return ``x`` unchanged.
+      mode: ``"exact"`` or ``"fast"``.
+
+    Returns:
+      An array of ``x``'s shape and dtype.
+
+    References: Y. Gal, Z. Ghahramani, "A Theoretically Grounded Application of
+    Dropout in Recurrent Neural Networks", NeurIPS 2016; S. Merity, N. S. Keskar,
+    R. Socher, "Regularizing and Optimizing LSTM Language Models", ICLR 2018.
+
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> y = jaxdrop.locked_dropout(jax.random.key(0), jnp.ones((2, 5, 3)), 0.5)
+    >>> bool((y == y[:, :1, :]).all())  # the same mask at every time step
+    True
+    """
+    fn = "locked_dropout"
+    key = prng.as_key(key, fn=fn)
+    x = _checks.float_array(x, fn)
+    rate = _checks.probability(rate, fn)
+    if x.ndim < 2:
+        raise ValueError(
+            f"jaxdrop.{fn}: `x` must have a time axis and at least one other axis, e.g. (B, T, F) "
+            f"or (T, F), got shape {x.shape}."
+        )
+    if isinstance(time_axis, (bool, np.bool_)) or not isinstance(time_axis, (int, np.integer)):
+        raise TypeError(f"jaxdrop.{fn}: `time_axis` must be an int axis, got {time_axis!r}.")
+    t = _checks.axes((int(time_axis),), x.ndim, fn, "time_axis")[0]
+    prng._rounds(mode)
+    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0):
+        return x
+    if isinstance(rate, float) and rate == 1.0:
+        return jnp.zeros_like(x)
+    shape = tuple(1 if d == t else s for d, s in enumerate(x.shape))
+    return masked_scale(key, x, rate, shape, mode)
+
+
+def embedding_dropout(
+    key: Any,
+    embedding: Any,
+    rate: float | jax.Array,
+    *,
+    deterministic: bool = False,
+    mode: Mode = "exact",
+) -> jax.Array:
+    r"""Embedding dropout (Gal & Ghahramani, 2016): drop whole words of the vocabulary.
+
+    Masks rows of the ``(V, D)`` embedding matrix, then you index into the result,
+    so a dropped word is zero at every position it occurs in the batch:
+
+    .. math::
+
+        m_v \sim \mathrm{Bernoulli}(1 - \mathrm{rate}),\qquad
+        \tilde E_{v,:} = \frac{m_v}{1 - \mathrm{rate}}\, E_{v,:}.
+
+    As AWD-LSTM's ``embedded_dropout``: one mask per call, shared by the whole
+    batch and all time steps. Gradients reach only the kept rows.
+
+    Args:
+      key: a PRNG key.
+      embedding: floating-point matrix of shape ``(V, D)`` (vocabulary, features).
+      rate: probability of **dropping** a word (row), in ``[0, 1]``; AWD-LSTM
+        uses 0.1. ``0`` returns ``embedding`` itself, ``1`` returns zeros.
+      deterministic: if True, return ``embedding`` unchanged.
+      mode: ``"exact"`` (row mask = ``jax.random.bernoulli(key, 1 - rate, (V, 1))``)
+        or ``"fast"``.
+
+    Returns:
+      The masked ``(V, D)`` matrix, ``embedding``'s dtype; look tokens up with
+      ``jnp.take(result, tokens, axis=0)``.
+
+    Reference: Y. Gal, Z. Ghahramani, "A Theoretically Grounded Application of
+    Dropout in Recurrent Neural Networks", NeurIPS 2016 (section 4.2).
+
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> e = jaxdrop.embedding_dropout(jax.random.key(0), jnp.ones((4, 3)), 0.5)
+    >>> e
+    Array([[0., 0., 0.],
+           [0., 0., 0.],
+           [2., 2., 2.],
+           [2., 2., 2.]], dtype=float32)
+    >>> jnp.take(e, jnp.array([[1, 2]]), axis=0).shape  # (batch, time, D)
+    (1, 2, 3)
+    """
+    fn = "embedding_dropout"
+    key = prng.as_key(key, fn=fn, signature="key, embedding, rate")
+    emb = _checks.float_array(embedding, fn, "embedding")
+    rate = _checks.probability(rate, fn)
+    if emb.ndim != 2:
+        raise ValueError(
+            f"jaxdrop.{fn}: `embedding` must be a (vocab_size, features) matrix, got shape {emb.shape}. "
+            "Apply it to the embedding table, then index the result with the token ids."
+        )
+    prng._rounds(mode)
+    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0):
+        return emb
+    if isinstance(rate, float) and rate == 1.0:
+        return jnp.zeros_like(emb)
+    return masked_scale(key, emb, rate, (emb.shape[0], 1), mode)
+
+
+def zoneout(
+    key: Any,
+    h_prev: Any,
+    h_new: Any,
+    rate: float | jax.Array,
+    *,
+    deterministic: bool = False,
+    mode: Mode = "exact",
+) -> jax.Array:
+    r"""Zoneout (Krueger et al., 2017): randomly keep units of a recurrent state unchanged.
+
+    Per unit (and, called once per step with a fresh key, per time step):
+
+    .. math::
+
+        d \sim \mathrm{Bernoulli}(\mathrm{rate}),\qquad
+        h_t = d \odot h_{t-1} + (1 - d) \odot \tilde h_t .
+
+    Unlike dropout nothing is zeroed or rescaled: a "zoned-out" unit carries its
+    previous value forward, which also lets gradients flow through time. At
+    evaluation (``deterministic=True``) the expectation
+    :math:`\mathrm{rate}\cdot h_{t-1} + (1 - \mathrm{rate})\cdot \tilde h_t`
+    is returned (as in the paper). ``rate == 0`` returns ``h_new`` itself, in
+    both modes. Use separate rates for an LSTM's cell and hidden state (the paper:
+    0.5 and 0.05 on PTB).
+
+    Args:
+      key: a PRNG key (split it per time step).
+      h_prev: the previous state :math:`h_{t-1}`, floating point.
+      h_new: the candidate state :math:`\tilde h_t`, the same shape and a floating dtype.
+      rate: the probability of **keeping the previous value** of a unit (the
+        zoneout probability ``z``), in ``[0, 1]``; ``1`` returns ``h_prev``.
+        Python float or traced scalar.
+      deterministic: if True, return the expectation above.
+      mode: ``"exact"`` (``d = jax.random.bernoulli(key, rate, shape)``) or ``"fast"``.
+
+    Returns:
+      An array of the common shape, of the promoted dtype of ``h_prev`` and ``h_new``.
+
+    Reference: D. Krueger, T. Maharaj, J. Kramár, M. Pezeshki, N. Ballas, N. R. Ke,
+    A. Goyal, Y. Bengio, A. Courville, C. Pal, "Zoneout: Regularizing RNNs by
+    Randomly Preserving Hidden Activations", ICLR 2017.
+
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> h = jaxdrop.zoneout(jax.random.key(0), jnp.zeros(6), jnp.ones(6), 0.5)
+    >>> bool(((h == 0) | (h == 1)).all())
+    True
+    >>> jaxdrop.zoneout(jax.random.key(0), jnp.zeros(3), jnp.ones(3), 0.25, deterministic=True)
+    Array([0.75, 0.75, 0.75], dtype=float32)
+    """
+    fn = "zoneout"
+    key = prng.as_key(key, fn=fn, signature="key, h_prev, h_new, rate")
+    h_prev = _checks.float_array(h_prev, fn, "h_prev")
+    h_new = _checks.float_array(h_new, fn, "h_new")
+    if h_prev.shape != h_new.shape:
+        raise ValueError(
+            f"jaxdrop.{fn}: `h_prev` and `h_new` must have the same shape, got {h_prev.shape} and {h_new.shape}."
+        )
+    rate = _checks.probability(rate, fn)
+    det = _checks.flag(deterministic, fn)
+    prng._rounds(mode)
+    dtype = jnp.result_type(h_prev, h_new)
+    h_prev, h_new = h_prev.astype(dtype), h_new.astype(dtype)
+    if isinstance(rate, float) and rate == 0.0:
+        return h_new
+    if isinstance(rate, float) and rate == 1.0:
+        return h_prev
+    if det:
+        r = np.asarray(rate, dtype) if isinstance(rate, float) else rate.astype(dtype)
+        return r * h_prev + (1 - r) * h_new
+    p = np.asarray(rate, _mask_dtype()) if isinstance(rate, float) else rate
+    zone = prng.bernoulli(key, p, h_new.shape, mode=mode)
+    return lax.select(zone, h_prev, h_new)
