@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ __all__ = ["concrete_dropout", "concrete_dropout_regularizer"]
 
 def _logit_array(p_logit: Any, fn: str) -> jax.Array:
     logit = _checks.float_array(p_logit, fn, "p_logit")
-    if _checks.is_concrete(logit) and not bool(jnp.isfinite(logit).all()):
+    if _checks.is_concrete(logit) and not np.isfinite(np.asarray(logit)).all():
         raise ValueError(
             f"jaxdrop.{fn}: `p_logit` must be finite (p = sigmoid(p_logit) strictly between 0 and 1), "
             f"got {logit}."
@@ -114,12 +115,20 @@ def concrete_dropout(
     if _checks.flag(deterministic, fn):
         return x
     dtype = jnp.promote_types(jnp.promote_types(x.dtype, jnp.float32), logit.dtype)
-    logit = logit.astype(dtype)
     e = np.asarray(eps_, dtype) if isinstance(eps_, float) else eps_.astype(dtype)
+    t_ = np.asarray(t, dtype) if isinstance(t, float) else t.astype(dtype)
+    return _relaxed(key, x, logit.astype(dtype), t_, e, shape, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _relaxed(
+    key: jax.Array, x: jax.Array, logit: jax.Array, t: jax.Array, e: jax.Array, shape: tuple[int, ...], mode: Mode
+) -> jax.Array:
+    # One compiled kernel for eager calls; inlined under an outer jit.
+    dtype = logit.dtype
     p, q = jax.nn.sigmoid(logit), jax.nn.sigmoid(-logit)  # q = 1 - p, without cancellation
     u = prng.uniform(key, shape, dtype, mode=mode)
-    t_ = np.asarray(t, dtype) if isinstance(t, float) else t.astype(dtype)
-    z = jax.nn.sigmoid((jnp.log(p + e) - jnp.log(q + e) + jnp.log(u + e) - jnp.log(1 - u + e)) / t_)
+    z = jax.nn.sigmoid((jnp.log(p + e) - jnp.log(q + e) + jnp.log(u + e) - jnp.log(1 - u + e)) / t)
     return (x.astype(dtype) * ((1 - z) / q)).astype(x.dtype)
 
 

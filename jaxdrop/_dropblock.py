@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -72,16 +73,14 @@ def dropblock_gamma(
 def _keep_mask(
     key: jax.Array,
     shape: tuple[int, ...],
-    rate: float | jax.Array,
+    p: jax.Array,
     block_size: int,
     spatial: tuple[int, ...],
     mode: Mode,
 ) -> jax.Array:
-    """Boolean keep mask of ``shape``: False on the union of the sampled blocks."""
+    """Boolean keep mask of ``shape``: False on the union of blocks seeded with probability ``p``."""
     ndim = len(shape)
     blocks = {d: min(block_size, shape[d]) for d in spatial}
-    gamma = dropblock_gamma(rate, [shape[d] for d in spatial], block_size)
-    p = np.asarray(gamma, _mask_dtype()) if isinstance(gamma, float) else gamma
     # One seed per (sample, channel, top-left corner of a block that fits in the map).
     seed_shape = tuple(s - blocks[d] + 1 if d in spatial else s for d, s in enumerate(shape))
     seeds = prng.bernoulli(key, p, seed_shape, mode=mode).astype(jnp.uint8)
@@ -129,7 +128,12 @@ def dropblock_mask(
     prng._rounds(mode)
     if math.prod(shape) == 0:
         return jnp.ones(shape, bool)
-    return _keep_mask(key, shape, rate, bs, spatial, mode)
+    gamma = dropblock_gamma(rate, [shape[d] for d in spatial], bs)
+    p = np.asarray(gamma, _mask_dtype()) if isinstance(gamma, float) else gamma
+    return _jit_keep_mask(key, shape, p, bs, spatial, mode)
+
+
+_jit_keep_mask = jax.jit(_keep_mask, static_argnums=(1, 3, 4, 5))
 
 
 def dropblock(
@@ -232,12 +236,30 @@ def dropblock(
         return x
     if isinstance(rate, float) and rate == 1.0:
         return jnp.zeros_like(x)
-    keep = _keep_mask(key, x.shape, rate, bs, spatial, mode)
-    per_sample = tuple(d for d in range(x.ndim) if d != batch)
-    count = jnp.sum(keep, axis=per_sample, keepdims=True, dtype=jnp.int32).astype(jnp.float32)
-    numel = math.prod(x.shape[d] for d in per_sample)
-    scale = (numel / (eps_ + count)).astype(x.dtype)
-    y = lax.select(keep, x * scale, jnp.zeros_like(x))
+    gamma = dropblock_gamma(rate, [x.shape[d] for d in spatial], bs)
+    p = np.asarray(gamma, _mask_dtype()) if isinstance(gamma, float) else gamma
+    e = np.asarray(eps_, np.float32) if isinstance(eps_, float) else eps_.astype(jnp.float32)
+    y = _dropblock(key, x, p, e, bs, spatial, batch, mode)
     if not isinstance(rate, float):
         y = jnp.where(rate < 1, y, jnp.zeros_like(y))
     return y
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _dropblock(
+    key: jax.Array,
+    x: jax.Array,
+    gamma: jax.Array,
+    eps: jax.Array,
+    block_size: int,
+    spatial: tuple[int, ...],
+    batch: int | None,
+    mode: Mode,
+) -> jax.Array:
+    # One compiled kernel for eager calls; inlined under an outer jit.
+    keep = _keep_mask(key, x.shape, gamma, block_size, spatial, mode)
+    per_sample = tuple(d for d in range(x.ndim) if d != batch)
+    count = jnp.sum(keep, axis=per_sample, keepdims=True, dtype=jnp.int32).astype(jnp.float32)
+    numel = math.prod(x.shape[d] for d in per_sample)
+    scale = (numel / (eps + count)).astype(x.dtype)
+    return lax.select(keep, x * scale, jnp.zeros_like(x))

@@ -49,23 +49,66 @@ def alpha_coefficients(rate: float | jax.Array) -> tuple[Any, Any]:
     return a, -a * rate * ALPHA_PRIME
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))
+def _apply_alpha(
+    key: jax.Array, x: jax.Array, keep: jax.Array, a: jax.Array, b: jax.Array, shape: tuple[int, ...], mode: str
+) -> jax.Array:
+    """``where(bernoulli(key, keep, shape), a * x + b, a * alpha' + b)``; the mask is
+    regenerated from ``key`` for the backward pass instead of stored."""
+    return _alpha_select(key, x, keep, a, b, shape, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _alpha_select(
+    key: jax.Array, x: jax.Array, keep: jax.Array, a: jax.Array, b: jax.Array, shape: tuple[int, ...], mode: str
+) -> jax.Array:
+    # One compiled kernel for eager calls; inlined under an outer jit.
+    mask = jnp.broadcast_to(prng.bernoulli(key, keep, shape, mode=mode), x.shape)  # type: ignore[arg-type]
+    dropped = jnp.broadcast_to(a * np.asarray(ALPHA_PRIME, x.dtype) + b, x.shape)
+    return lax.select(mask, a * x + b, dropped)
+
+
+def _apply_alpha_jvp(
+    shape: tuple[int, ...], mode: str, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[jax.Array, jax.Array]:
+    key, x, keep, a, b = primals
+    _, dx, _, da, db = tangents
+    y = _apply_alpha(key, x, keep, a, b, shape, mode)
+    zero = jax.custom_derivatives.SymbolicZero
+    # d/dx is a * mask: the masking core of inverted dropout (divisor 1), which keeps
+    # only the key as a residual and regenerates the mask in reverse mode.
+    dy = (
+        jnp.zeros_like(y)
+        if type(dx) is zero
+        else a * apply_mask(key, dx, keep, np.ones((), x.dtype), shape, mode)
+    )
+    if type(da) is not zero or type(db) is not zero:
+        # Through a traced rate: d(a x~ + b) = da * x~ + db with x~ = where(mask, x, alpha').
+        mask = jnp.broadcast_to(prng.bernoulli(key, keep, shape, mode=mode), x.shape)  # type: ignore[arg-type]
+        x_tilde = jnp.where(mask, x, np.asarray(ALPHA_PRIME, x.dtype))
+        if type(da) is not zero:
+            dy = dy + da * x_tilde
+        if type(db) is not zero:
+            dy = dy + db
+    return y, dy
+
+
+_apply_alpha.defjvp(_apply_alpha_jvp, symbolic_zeros=True)
+
+
 def _alpha(
     key: jax.Array, x: jax.Array, rate: float | jax.Array, shape: tuple[int, ...], mode: Mode
 ) -> jax.Array:
-    """``a * where(mask, x, alpha') + b`` with the mask regenerated for the backward pass."""
     dtype = _compute_dtype(x.dtype)
     a, b = alpha_coefficients(rate)
-    xc = x.astype(dtype)
+    keep: Any
     if isinstance(rate, float):
-        keep: Any = np.asarray(1.0 - rate, _mask_dtype())
-        a_, c_ = np.asarray(a, dtype), np.asarray(a * ALPHA_PRIME + b, dtype)
+        keep = np.asarray(1.0 - rate, _mask_dtype())
+        a_, b_ = np.asarray(a, dtype), np.asarray(b, dtype)
     else:
         keep = 1.0 - rate
-        a_, c_ = a.astype(dtype), (a * ALPHA_PRIME + b).astype(dtype)
-    # where(m, x, alpha') = where(m, x - alpha', 0) + alpha', so the masked part is the
-    # differentiable, mask-regenerating core of inverted dropout (divisor 1).
-    kept = apply_mask(key, xc - np.asarray(ALPHA_PRIME, dtype), keep, np.ones((), dtype), shape, mode)
-    return (a_ * kept + c_).astype(x.dtype)
+        a_, b_ = a.astype(dtype), b.astype(dtype)
+    return _apply_alpha(key, x.astype(dtype), keep, a_, b_, shape, mode).astype(x.dtype)
 
 
 def _alpha_common(
@@ -130,7 +173,7 @@ def alpha_dropout(
     >>> import jax, jax.numpy as jnp, jaxdrop
     >>> y = jaxdrop.alpha_dropout(jax.random.key(0), jnp.zeros(4), 0.5)
     >>> y  # dropped: a * alpha' + b = -0.7792; kept: a * 0 + b = 0.7792
-    Array([-0.77919394, -0.77919394,  0.7791938 ,  0.7791938 ], dtype=float32)
+    Array([-0.7791939 , -0.7791939 ,  0.77919394,  0.77919394], dtype=float32)
     """
     fn = "alpha_dropout"
     key, x, rate, identity = _alpha_common(fn, key, x, rate, deterministic, mode)
@@ -197,6 +240,13 @@ def _apply_gaussian(
     key: jax.Array, x: jax.Array, sigma: jax.Array, shape: tuple[int, ...], mode: str
 ) -> jax.Array:
     """``x * (1 + sigma * eps)``, eps ~ N(0, 1) of ``shape``; the noise is regenerated, not stored."""
+    return _gaussian_mul(key, x, sigma, shape, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _gaussian_mul(
+    key: jax.Array, x: jax.Array, sigma: jax.Array, shape: tuple[int, ...], mode: str
+) -> jax.Array:
     dtype = _compute_dtype(x.dtype)
     noise = 1 + sigma.astype(dtype) * _noise(key, shape, dtype, mode)
     return (x.astype(dtype) * noise).astype(x.dtype)
@@ -337,4 +387,10 @@ def gaussian_noise(
         return x
     dtype = _compute_dtype(x.dtype)
     s = np.asarray(stddev, dtype) if isinstance(stddev, float) else stddev.astype(dtype)
-    return (x.astype(dtype) + s * prng.normal(key, x.shape, dtype, mode=mode)).astype(x.dtype)
+    return _add_noise(key, x, s, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _add_noise(key: jax.Array, x: jax.Array, stddev: jax.Array, mode: str) -> jax.Array:
+    dtype = _compute_dtype(x.dtype)
+    return (x.astype(dtype) + stddev * _noise(key, x.shape, dtype, mode)).astype(x.dtype)

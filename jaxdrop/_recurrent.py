@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -208,7 +209,10 @@ def zoneout(
     det = _checks.flag(deterministic, fn)
     prng._rounds(mode)
     dtype = jnp.result_type(h_prev, h_new)
-    h_prev, h_new = h_prev.astype(dtype), h_new.astype(dtype)
+    if h_prev.dtype != dtype:
+        h_prev = h_prev.astype(dtype)
+    if h_new.dtype != dtype:
+        h_new = h_new.astype(dtype)
     if isinstance(rate, float) and rate == 0.0:
         return h_new
     if isinstance(rate, float) and rate == 1.0:
@@ -217,5 +221,10 @@ def zoneout(
         r = np.asarray(rate, dtype) if isinstance(rate, float) else rate.astype(dtype)
         return r * h_prev + (1 - r) * h_new
     p = np.asarray(rate, _mask_dtype()) if isinstance(rate, float) else rate
-    zone = prng.bernoulli(key, p, h_new.shape, mode=mode)
-    return lax.select(zone, h_prev, h_new)
+    return _zone(key, h_prev, h_new, p, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _zone(key: jax.Array, h_prev: jax.Array, h_new: jax.Array, p: jax.Array, mode: Mode) -> jax.Array:
+    # One compiled kernel for eager calls; inlined under an outer jit.
+    return lax.select(prng.bernoulli(key, p, h_new.shape, mode=mode), h_prev, h_new)
