@@ -190,7 +190,8 @@ def dropblock(
       56x56 map); the paper's formula is kept as is.
     - ``rate == 1`` returns zeros (as every jaxdrop function does), also for a
       traced rate.
-    - The boolean mask is stored for the backward pass (one byte per element).
+    - The mask is not stored for the backward pass: it is regenerated from ``key``
+      (``jax.checkpoint``), so reverse mode keeps no per-element residual.
 
     Args:
       key: a PRNG key.
@@ -239,7 +240,8 @@ def dropblock(
     gamma = dropblock_gamma(rate, [x.shape[d] for d in spatial], bs)
     p = np.asarray(gamma, _mask_dtype()) if isinstance(gamma, float) else gamma
     e = np.asarray(eps_, np.float32) if isinstance(eps_, float) else eps_.astype(jnp.float32)
-    y = _dropblock(key, x, p, e, bs, spatial, batch, mode)
+    # Checkpointed: the backward pass regenerates the mask from the key instead of storing it.
+    y = jax.checkpoint(_dropblock, static_argnums=(4, 5, 6, 7))(key, x, p, e, bs, spatial, batch, mode)
     if not isinstance(rate, float):
         y = jnp.where(rate < 1, y, jnp.zeros_like(y))
     return y

@@ -77,11 +77,8 @@ def _apply_alpha_jvp(
     zero = jax.custom_derivatives.SymbolicZero
     # d/dx is a * mask: the masking core of inverted dropout (divisor 1), which keeps
     # only the key as a residual and regenerates the mask in reverse mode.
-    dy = (
-        jnp.zeros_like(y)
-        if type(dx) is zero
-        else a * apply_mask(key, dx, keep, np.ones((), x.dtype), shape, mode)
-    )
+    regen = jax.checkpoint(apply_mask, static_argnums=(4, 5))
+    dy = jnp.zeros_like(y) if type(dx) is zero else a * regen(key, dx, keep, np.ones((), x.dtype), shape, mode)
     if type(da) is not zero or type(db) is not zero:
         # Through a traced rate: d(a x~ + b) = da * x~ + db with x~ = where(mask, x, alpha').
         mask = jnp.broadcast_to(prng.bernoulli(key, keep, shape, mode=mode), x.shape)  # type: ignore[arg-type]

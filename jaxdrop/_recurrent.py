@@ -170,7 +170,8 @@ def zoneout(
     evaluation (``deterministic=True``) the expectation
     :math:`\mathrm{rate}\cdot h_{t-1} + (1 - \mathrm{rate})\cdot \tilde h_t`
     is returned (as in the paper). ``rate == 0`` returns ``h_new`` itself, in
-    both modes. Use separate rates for an LSTM's cell and hidden state (the paper:
+    both modes. The backward pass regenerates the mask from ``key`` rather than
+    storing it. Use separate rates for an LSTM's cell and hidden state (the paper:
     0.5 and 0.05 on PTB).
 
     Args:
@@ -221,7 +222,8 @@ def zoneout(
         r = np.asarray(rate, dtype) if isinstance(rate, float) else rate.astype(dtype)
         return r * h_prev + (1 - r) * h_new
     p = np.asarray(rate, _mask_dtype()) if isinstance(rate, float) else rate
-    return _zone(key, h_prev, h_new, p, mode)
+    # Checkpointed: the backward pass regenerates the mask from the key instead of storing it.
+    return jax.checkpoint(_zone, static_argnums=(4,))(key, h_prev, h_new, p, mode)
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
