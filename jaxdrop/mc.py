@@ -842,7 +842,7 @@ def _class_finalize(acc: tuple[jax.Array, jax.Array, jax.Array], num_samples: in
     entropy = _entropy(log_probs)
     expected = sum_ent / num_samples
     mi = jnp.clip(entropy - expected, 0.0, entropy)
-    vr = 1.0 - votes.max(-1).astype(entropy.dtype) / num_samples
+    vr = (num_samples - votes.max(-1)).astype(entropy.dtype) / num_samples  # exact 0 when unanimous
     return Classification(jnp.exp(log_probs), log_probs, entropy, expected, mi, vr)
 
 
