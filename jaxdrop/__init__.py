@@ -27,6 +27,12 @@ from jaxdrop.schedules import curriculum_schedule, early_dropout_schedule, late_
 
 # -- end variants --
 
+# -- mc (issue 7) --
+# isort: split
+from jaxdrop import mc
+
+# -- end mc --
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -56,5 +62,6 @@ __all__ = [
     # end variants
     "dropout",
     "keep_mask",
+    "mc",  # issue 7
     "prng",
 ]

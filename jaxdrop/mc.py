@@ -282,12 +282,15 @@ def is_dropout(module: Any) -> bool:
     """Whether ``module`` is a dropout layer that MC dropout should switch on.
 
     True for :class:`flax.linen.Dropout`, :class:`flax.nnx.Dropout` (and their
-    subclasses), and for jaxdrop's own Flax layers (``jaxdrop.linen`` /
-    ``jaxdrop.nnx``): any class defined in a ``jaxdrop`` module that has ``rate``
-    and ``deterministic`` attributes. Other layers with a ``deterministic`` flag
-    (e.g. the attention-weight dropout inside ``MultiHeadAttention``) are *not*
-    matched; pass your own predicate as ``is_dropout=`` to :func:`from_linen` /
-    :func:`from_nnx` to include them.
+    subclasses), and for jaxdrop's own Flax layers: any class defined in
+    ``jaxdrop.linen`` or ``jaxdrop.nnx`` that has a ``deterministic`` attribute
+    (the drop-in ``Dropout`` and its variants). Whole models are not matched,
+    even if they have ``rate`` and ``deterministic`` fields (the models in
+    :mod:`jaxdrop.models` take the key at call time: sample them directly with
+    ``f = lambda key, x: model(x, deterministic=False, rngs=key)``). Other layers
+    with a ``deterministic`` flag (e.g. the attention-weight dropout inside
+    ``MultiHeadAttention``) are *not* matched either; pass your own predicate as
+    ``is_dropout=`` to :func:`from_linen` / :func:`from_nnx` to include them.
 
     Example::
 
@@ -303,12 +306,8 @@ def is_dropout(module: Any) -> bool:
 
     if isinstance(module, (linen.Dropout, nnx.Dropout)):
         return True
-    cls = type(module)
-    return (
-        (cls.__module__ == "jaxdrop" or cls.__module__.startswith("jaxdrop."))
-        and hasattr(module, "rate")
-        and hasattr(module, "deterministic")
-    )
+    mod = type(module).__module__
+    return mod.split(".")[:2] in (["jaxdrop", "linen"], ["jaxdrop", "nnx"]) and hasattr(module, "deterministic")
 
 
 def from_linen(
@@ -489,8 +488,10 @@ def from_nnx(
     n_drop = sum(1 for _, m in nnx.iter_modules(view) if predicate(m))
     if n_drop == 0:
         raise ValueError(
-            "jaxdrop.mc.from_nnx: the model has no dropout layer (flax.nnx.Dropout or a jaxdrop "
-            "layer), so every pass would be identical. Pass `is_dropout=` to select custom layers."
+            "jaxdrop.mc.from_nnx: the model has no dropout layer (flax.nnx.Dropout or a jaxdrop.nnx "
+            "layer), so every pass would be identical. Pass `is_dropout=` to select custom layers; a "
+            "model that applies dropout itself from a call-time key (like jaxdrop.models.MLP) needs "
+            "no adapter: mc.sample(lambda key, x: model(x, deterministic=False, rngs=key), ...)."
         )
     view = nnx.with_attributes(view, only=only, deterministic=False, raise_if_not_found=False)
     graphdef, state = nnx.split(view)
