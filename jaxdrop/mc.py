@@ -143,6 +143,11 @@ def _float_samples(samples: Any, fn: str, min_ndim: int = 1) -> jax.Array:
     return s.astype(jnp.promote_types(s.dtype, jnp.float32))
 
 
+def _all_in_range(labels: jax.Array, num_classes: int) -> jax.Array:
+    """Whether every label is a valid class index (checked at run time under ``jit``)."""
+    return jnp.all((labels >= 0) & (labels < num_classes))
+
+
 def _labels(labels: Any, batch_shape: tuple[int, ...], num_classes: int, fn: str) -> jax.Array:
     lab = labels if isinstance(labels, jax.Array) else jnp.asarray(labels)
     if not jnp.issubdtype(lab.dtype, jnp.integer):
@@ -699,8 +704,11 @@ def predict_regression(
     deviations) and merged with Chan et al.'s parallel update, so memory is
     ``O(chunk_size)`` forward passes plus one output, for any ``T``. Equal to
     ``regression(sample(f, key, x, T), tau=tau)`` up to floating-point rounding
-    (exactly when ``chunk_size`` is ``None``). Arguments as in :func:`sample` and
-    :func:`regression`; ``f`` must return one floating array.
+    (exactly when ``chunk_size`` is ``None``); merging chunk means costs a relative
+    error of about ``|mean| / std`` times the machine epsilon in the variance, so
+    centre targets of large magnitude (as one does for training anyway).
+    Arguments as in :func:`sample` and :func:`regression`; ``f`` must return one
+    floating array.
 
     Example::
 
@@ -955,7 +963,7 @@ def negative_log_likelihood(log_probs: Any, labels: Any) -> jax.Array:
             :attr:`Classification.log_probs` (stable even where
             :math:`\bar p` underflows), or ``jnp.log(probs)``.
         labels: ``B`` integer class indices in ``[0, K)``. Out-of-range labels raise
-            for concrete input and give NaN under ``jit``.
+            for concrete input and make the result NaN under ``jit``.
 
     Returns:
         A scalar, the average over all of ``B``.
@@ -974,8 +982,9 @@ def negative_log_likelihood(log_probs: Any, labels: Any) -> jax.Array:
     if lp.ndim < 1:
         raise ValueError(f"jaxdrop.mc.{fn}: `log_probs` must have a trailing class axis, got a scalar.")
     lab = _labels(labels, lp.shape[:-1], lp.shape[-1], fn)
-    picked = jnp.take_along_axis(lp, lab[..., None], axis=-1, mode="fill", fill_value=jnp.nan)
-    return -picked.mean()
+    k = lp.shape[-1]
+    picked = jnp.take_along_axis(lp, jnp.clip(lab, 0, k - 1)[..., None], axis=-1)
+    return jnp.where(_all_in_range(lab, k), -picked.mean(), jnp.nan)
 
 
 def expected_calibration_error(probs: Any, labels: Any, *, num_bins: int = 15) -> jax.Array:
@@ -997,7 +1006,8 @@ def expected_calibration_error(probs: Any, labels: Any, *, num_bins: int = 15) -
 
     Args:
         probs: ``(*B, K)`` predictive probabilities, e.g. :attr:`Classification.probs`.
-        labels: ``B`` integer class indices in ``[0, K)``.
+        labels: ``B`` integer class indices in ``[0, K)``. Out-of-range labels raise
+            for concrete input and make the result NaN under ``jit``.
         num_bins: ``M``, a positive int.
 
     Example::
@@ -1021,4 +1031,4 @@ def expected_calibration_error(probs: Any, labels: Any, *, num_bins: int = 15) -
     correct = (jnp.argmax(p, -1) == lab).astype(p.dtype)
     bins = jnp.clip(jnp.ceil(conf * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
     gap = jax.ops.segment_sum(correct - conf, bins, num_segments=num_bins)
-    return jnp.abs(gap).sum() / max(p.shape[0], 1)
+    return jnp.where(_all_in_range(lab, p.shape[-1]), jnp.abs(gap).sum() / max(p.shape[0], 1), jnp.nan)

@@ -290,9 +290,14 @@ def test_ece_is_zero_for_perfect_calibration_and_large_for_overconfidence():
     assert float(mc.expected_calibration_error(probs, jnp.array([1, 1, 1, 1]))) == pytest.approx(0.75)
 
 
-def test_nll_out_of_range_labels_are_nan_under_jit():
-    out = jax.jit(mc.negative_log_likelihood)(jnp.log(jnp.full((2, 3), 1 / 3)), jnp.array([0, 3]))
-    assert bool(jnp.isnan(out))
+def test_out_of_range_labels_give_nan_under_jit():
+    probs = jnp.full((2, 3), 1 / 3)
+    nll, ece = jax.jit(mc.negative_log_likelihood), jax.jit(mc.expected_calibration_error)
+    for bad in ([0, 3], [0, -1]):
+        assert bool(jnp.isnan(nll(jnp.log(probs), jnp.array(bad))))
+        assert bool(jnp.isnan(ece(probs, jnp.array(bad))))
+    assert not bool(jnp.isnan(nll(jnp.log(probs), jnp.array([0, 2]))))
+    assert not bool(jnp.isnan(ece(probs, jnp.array([0, 2]))))
 
 
 # --------------------------------------------------------------------------- errors
@@ -421,6 +426,10 @@ def test_is_dropout_is_not_fooled_by_lookalikes():
         deterministic: bool = True
 
     assert not mc.is_dropout(Block())
+    # jaxdrop's Flax layers are recognised by their module; jaxdrop's whole models are not.
+    for module, expected in (("jaxdrop.linen", True), ("jaxdrop.nnx", True), ("jaxdrop.models", False)):
+        fake = type("Fake", (), {"__module__": module, "rate": 0.1, "deterministic": False})
+        assert mc.is_dropout(fake()) is expected
     assert mc.is_dropout(nn.Dropout(0.1)) and mc.is_dropout(nnx.Dropout(0.1))
     assert not mc.is_dropout(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
 
