@@ -369,7 +369,7 @@ def from_linen(
         >>> net, x = Net(), jnp.ones((5, 3))
         >>> variables = net.init(jax.random.key(0), x, train=False)
         >>> f = mc.from_linen(net, variables, train=False)  # BatchNorm eval, dropout on
-        >>> ys = mc.sample(f, jax.random.key(1), x, 10)
+        >>> ys = jax.jit(lambda key: mc.sample(f, key, x, 10))(jax.random.key(1))
         >>> ys.shape, bool(ys.std(0).max() > 0)
         ((10, 5, 1), True)
     """
@@ -470,7 +470,7 @@ def from_nnx(
         ...         return self.lin2(self.drop(nnx.relu(self.bn(self.lin1(x)))))
         >>> model = Net(nnx.Rngs(0))
         >>> f = mc.from_nnx(model)  # BatchNorm uses running stats, dropout samples
-        >>> ys = mc.sample(f, jax.random.key(1), jnp.ones((5, 3)), 10)
+        >>> ys = jax.jit(lambda key: mc.sample(f, key, jnp.ones((5, 3)), 10))(jax.random.key(1))
         >>> ys.shape, bool(ys.std(0).max() > 0)
         ((10, 5, 1), True)
         >>> model.drop.deterministic, model.bn.use_running_average  # untouched
@@ -716,7 +716,7 @@ def predict_regression(
         >>> from jaxdrop import mc
         >>> f = lambda key, x: jaxdrop.dropout(key, x, 0.5).sum(-1)
         >>> x = jnp.ones((2, 8))
-        >>> r = mc.predict_regression(f, jax.random.key(0), x, 1000, tau=100.0, chunk_size=64)
+        >>> r = mc.predict_regression(f, jax.random.key(0), x, 1000, tau=100.0, chunk_size=100)
         >>> r.mean.shape, bool(jnp.allclose(r.mean, 8.0, atol=0.5))
         ((2,), True)
         >>> bool(jnp.allclose(r.epistemic_variance, 8.0, rtol=0.25))  # 8 * 4 * 0.25
@@ -926,7 +926,7 @@ def predict_classification(
         >>> w = jnp.array([[2.0, -2.0], [-2.0, 2.0]])
         >>> f = lambda key, x: jaxdrop.dropout(key, x, 0.5) @ w
         >>> x = jnp.array([[1.0, 1.0], [1.0, 0.0]])
-        >>> c = mc.predict_classification(f, jax.random.key(0), x, 500, chunk_size=128)
+        >>> c = mc.predict_classification(f, jax.random.key(0), x, 256, chunk_size=128)
         >>> c.probs.shape, bool((c.mutual_information[0] > c.mutual_information[1]))
         ((2, 2), True)
     """
