@@ -51,6 +51,7 @@ BELOW_ONE = {"alpha_dropout", "feature_alpha_dropout", "gaussian_dropout"}
 
 # The methods that compute in float32 for half-precision inputs (the others select or scale).
 HALF_PRECISION = {"alpha_dropout", "gaussian_dropout", "gaussian_noise", "dropblock"}
+FLOAT16 = {"alpha_dropout", "dropblock"}  # float16 too (its range is the narrowest)
 # channel_dropout, drop_path, dropconnect, locked_dropout and embedding_dropout only choose
 # a mask shape for jaxdrop's dropout core (masked_scale), whose gradients, dtypes and
 # traced-rate checks tests/test_dropout.py covers; channel_dropout represents them in the
@@ -106,7 +107,7 @@ def test_output_dtype_shape_and_finiteness(name):
     fn, x = VARIANTS[name]
     y32 = np.asarray(fn(KEY, x, 0.25), np.float64)
     x_np = np.asarray(x)
-    for dtype in (jnp.float16, jnp.bfloat16) if name in HALF_PRECISION else (jnp.bfloat16,):
+    for dtype in (jnp.float16, jnp.bfloat16) if name in FLOAT16 else (jnp.bfloat16,):
         y = fn(KEY, x_np.astype(dtype), 0.25)
         assert y.dtype == dtype and y.shape == x.shape
         y = np.asarray(y).astype(np.float64)
@@ -136,7 +137,7 @@ def test_jit_equals_eager_and_a_traced_rate_does_not_recompile(name):
     assert len(traces) == n == 1, "a new rate value recompiled the function"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", OWN_CODE)
 def test_vmap_over_keys_equals_a_loop(name):
     fn, x = VARIANTS[name]
     keys = jax.random.split(jax.random.key(3), 3)
@@ -146,7 +147,7 @@ def test_vmap_over_keys_equals_a_loop(name):
     assert not bool((batched[0] == batched[1]).all()), "different keys gave the same output"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", OWN_CODE)
 def test_fast_mode_runs_and_differs_from_exact(name):
     fn, x = VARIANTS[name]
     fast = fn(KEY, x, 0.5, mode="fast")
@@ -154,6 +155,18 @@ def test_fast_mode_runs_and_differs_from_exact(name):
     assert not bool((fast == fn(KEY, x, 0.5)).all())
     with pytest.raises(ValueError, match="mode"):
         fn(KEY, x, 0.5, mode="turbo")
+
+
+@pytest.mark.parametrize(
+    ("name", "dims"),
+    [("channel_dropout", (1, 2)), ("drop_path", (1, 2, 3)), ("dropconnect", ()), ("locked_dropout", (1,)),
+     ("embedding_dropout", (1,))],
+)
+def test_mask_methods_are_dropout_with_their_broadcast_dims_in_both_modes(name, dims):
+    fn, x = VARIANTS[name]
+    for mode in ("exact", "fast"):
+        expected = jaxdrop.dropout(KEY, x, 0.5, broadcast_dims=dims, mode=mode)
+        np.testing.assert_array_equal(fn(KEY, x, 0.5, mode=mode), expected)
 
 
 @pytest.mark.parametrize("name", OWN_CODE)
