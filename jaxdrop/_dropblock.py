@@ -261,7 +261,9 @@ def _dropblock(
     # One compiled kernel for eager calls; inlined under an outer jit.
     keep = _keep_mask(key, x.shape, gamma, block_size, spatial, mode)
     per_sample = tuple(d for d in range(x.ndim) if d != batch)
-    count = jnp.sum(keep, axis=per_sample, keepdims=True, dtype=jnp.int32).astype(jnp.float32)
     numel = math.prod(x.shape[d] for d in per_sample)
-    scale = (numel / (eps + count)).astype(x.dtype)
-    return lax.select(keep, x * scale, jnp.zeros_like(x))
+    # Rescale in float32 (float64 for float64 input), round once to x's dtype.
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    count = jnp.sum(keep, axis=per_sample, keepdims=True, dtype=jnp.int32).astype(dtype)
+    scaled = (x.astype(dtype) * (numel / (eps.astype(dtype) + count))).astype(x.dtype)
+    return lax.select(keep, scaled, jnp.zeros_like(x))

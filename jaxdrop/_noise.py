@@ -37,7 +37,8 @@ def alpha_coefficients(rate: float | jax.Array) -> tuple[Any, Any]:
     r"""The affine correction ``(a, b)`` of alpha dropout for drop probability ``rate < 1``.
 
     :math:`a = ((1-\mathrm{rate})(1 + \mathrm{rate}\,\alpha'^2))^{-1/2}`,
-    :math:`b = -a\,\mathrm{rate}\,\alpha'`. Python floats in, Python floats out.
+    :math:`b = -a\,\mathrm{rate}\,\alpha'`. A Python float gives Python floats (computed in
+    double precision), a traced rate gives arrays.
 
     >>> [round(c, 10) for c in alpha_coefficients(0.1)]
     [0.9212845161, 0.1619709701]
@@ -144,8 +145,8 @@ def alpha_dropout(
         b = -a\,\mathrm{rate}\,\alpha'.
 
     If :math:`x` has mean 0 and variance 1, so has :math:`y`. Use it with SELU
-    activations and LeCun-normal initialisation; the paper suggests small rates
-    (0.05-0.1).
+    activations and LeCun-normal initialisation; small rates such as 0.05 or 0.1
+    are typical.
 
     Args:
       key: a PRNG key.
