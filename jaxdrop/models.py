@@ -275,11 +275,11 @@ class CNN(nnx.Module):
         self.deterministic = False
         h, w, c = self.input_shape
         c1, c2 = (int(ch) for ch in channels)
-        self.conv1 = nnx.Conv(c, c1, (5, 5), padding="SAME", rngs=rngs)
-        self.conv2 = nnx.Conv(c1, c2, (5, 5), padding="SAME", rngs=rngs)
         flat = ((h // 2) // 2) * ((w // 2) // 2) * c2
         if flat == 0:
             raise ValueError(f"jaxdrop.models.CNN: input {self.input_shape} is too small for two 2x2 poolings.")
+        self.conv1 = nnx.Conv(c, c1, (5, 5), padding="SAME", rngs=rngs)
+        self.conv2 = nnx.Conv(c1, c2, (5, 5), padding="SAME", rngs=rngs)
         self.dense1 = nnx.Linear(flat, int(hidden), rngs=rngs)
         self.dense2 = nnx.Linear(int(hidden), int(num_classes), rngs=rngs)
 

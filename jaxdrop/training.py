@@ -705,14 +705,16 @@ class Trainer:
     def evaluate(self, state: TrainState, data: Any, *, batch_size: int = 1000) -> dict[str, float]:
         """Mean loss, accuracy and error (= 1 - accuracy) over ``data`` with dropout off.
 
-        Batches of ``batch_size`` (the last one padded and masked, so one
-        compilation serves every batch).
+        Batches of exactly ``batch_size`` examples (the last one, or a smaller
+        dataset, padded and masked), so one compilation serves every dataset.
         """
         ds = _as_dataset(data, "data")
         n = len(ds)
         if n == 0:
             raise ValueError("jaxdrop.training.Trainer.evaluate: empty dataset.")
-        bs = min(int(batch_size), n)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"jaxdrop.training.Trainer.evaluate: batch_size must be a positive int, got {batch_size!r}.")
+        bs = batch_size
         loss_sum, correct = 0.0, 0.0
         for start in range(0, n, bs):
             xb, yb = ds.x[start : start + bs], ds.y[start : start + bs]
@@ -863,6 +865,13 @@ class Trainer:
             acc.update(loss=0.0, accuracy=0.0, n=0, skipped=0)
 
         start = int(state.step)
+        if start > total:
+            warnings.warn(
+                f"jaxdrop.training.Trainer.fit: the state is already at step {start}, beyond the {total} steps "
+                f"asked for; returning it unchanged.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         bar = tqdm(total=total, initial=min(start, total), disable=not progress, desc=desc, unit="step", leave=True)
         order: np.ndarray | None = None
         order_epoch = -1

@@ -44,7 +44,7 @@ def test_demo_prints_the_table_and_writes_the_plot(demo_run):
     for row in (no_drop, drop):
         train_err, test_err, gap = (float(v) for v in row.split()[-6::2])
         assert 0 <= train_err <= 100 and 0 <= test_err <= 100 and gap == pytest.approx(test_err - train_err, abs=0.011)
-    assert "MLP 784-32-32-10 on mnist5k: 300 train / 1000 test examples" in proc.stdout
+    assert "MLP 784-32-32-10 on mnist5k: 300 train / 3000 test examples" in proc.stdout
     png = out / "curves.png"
     assert f"learning curves written to {png}" in proc.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
