@@ -241,6 +241,16 @@ def mnist_idx(
     Raises:
       ValueError: a bad magic number or size (see :func:`read_idx`), images that
         are not 3-D, labels that are not 1-D, or different counts.
+
+    >>> import gzip, os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> images = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2]) + bytes([0, 255, 51, 0, 255, 255, 0, 0])
+    >>> labels = bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 3])
+    >>> _ = open(os.path.join(d, "images.gz"), "wb").write(gzip.compress(images))
+    >>> _ = open(os.path.join(d, "labels"), "wb").write(labels)
+    >>> ds = mnist_idx(os.path.join(d, "images.gz"), os.path.join(d, "labels"))
+    >>> ds.x.tolist(), ds.y.tolist()
+    ([[0.0, 1.0, 0.20000000298023224, 0.0], [1.0, 1.0, 0.0, 0.0]], [7, 3])
     """
     x = read_idx(images)
     y = read_idx(labels)

@@ -112,6 +112,13 @@ class TrainState(struct.PyTreeNode):
         ``s`` uses ``fold_in(key, s)`` (:meth:`dropout_key`).
       data_key: raw key data of the key that orders the training examples.
       key_impl: the PRNG implementation of both keys (static).
+
+    >>> import jax, jax.numpy as jnp
+    >>> base = jax.random.key(7)
+    >>> s = TrainState(step=jnp.array(3), params={}, model_state={}, opt_state=(),
+    ...                key=jax.random.key_data(base), data_key=jax.random.key_data(base))
+    >>> bool(jnp.all(jax.random.key_data(s.dropout_key()) == jax.random.key_data(jax.random.fold_in(base, 3))))
+    True
     """
 
     step: jax.Array
@@ -164,6 +171,11 @@ def is_kernel(path: Sequence[Any], leaf: Any) -> bool:
     That is every ``Dense``/``Linear`` kernel ``(in, out)`` and ``Conv`` kernel
     ``(..., in, out)`` in Flax (linen and NNX); biases and normalisation
     scales are excluded.
+
+    >>> import jax, jax.numpy as jnp
+    >>> p = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+    >>> [is_kernel(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(p)[0]]
+    [False, True]
     """
     names = _path_names(path)
     return bool(names) and names[-1] == "kernel" and jnp.ndim(leaf) >= 2
@@ -315,7 +327,7 @@ class _LinenAdapter:
 
 def _fingerprint(tree: PyTree) -> str:
     leaves, treedef = jax.tree.flatten(tree)
-    desc = str(treedef) + "|" + ";".join(f"{np.shape(x)}:{np.asarray(x).dtype}" for x in leaves)
+    desc = str(treedef) + "|" + ";".join(f"{np.shape(x)}:{np.dtype(jnp.result_type(x))}" for x in leaves)
     return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
 
@@ -353,6 +365,17 @@ class Checkpointer:
       directory: where the checkpoints live (created if missing).
       max_to_keep: how many recent checkpoints to keep (at least 2, so that
         there is something to fall back to).
+
+    >>> import tempfile, jax, jax.numpy as jnp
+    >>> k = jax.random.key_data(jax.random.key(0))
+    >>> state = TrainState(step=jnp.array(5), params={"w": jnp.arange(3.0)}, model_state={},
+    ...                    opt_state=(), key=k, data_key=k)
+    >>> ckpt = Checkpointer(tempfile.mkdtemp())
+    >>> ckpt.save(state, {"note": "hello"})
+    5
+    >>> restored, meta = ckpt.restore_latest(state)
+    >>> restored.params["w"].tolist(), meta["note"], ckpt.steps()
+    ([0.0, 1.0, 2.0], 'hello', [5])
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
@@ -478,7 +501,18 @@ _STATE_FIELDS = ("step", "params", "model_state", "opt_state", "key", "data_key"
 
 
 def write_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Write a metrics history (a list of flat dicts) as ``.json`` or ``.csv`` (by extension)."""
+    """Write a metrics history (a list of flat dicts) as ``.json`` or ``.csv`` (by extension).
+
+    CSV columns are the union of the records' keys, in order of appearance.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "history.csv")
+    >>> write_history([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}], path)
+    >>> print(open(path).read().strip())
+    epoch,loss
+    1,0.5
+    2,0.25
+    """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".json":
@@ -560,6 +594,18 @@ class Trainer:
         good state. ``"skip"``: the update is skipped (parameters, optimizer
         and model state unchanged, as ``optax.apply_if_finite`` does), the step
         counter advances, and the epoch's ``skipped`` count records it.
+
+    >>> import jax, optax
+    >>> from flax import nnx
+    >>> from jaxdrop.models import MLP
+    >>> trainer = Trainer(MLP(64, (32,), rngs=nnx.Rngs(0)), optax.sgd(0.1, momentum=0.9), max_norm=3.0)
+    >>> state = trainer.init(jax.random.key(0))
+    >>> int(state.step), {k: v["kernel"].shape for k, v in state.params["layers"].items()}
+    (0, {0: (64, 32), 1: (32, 10)})
+
+    Then ``state, history = trainer.fit(state, dataset, epochs=..., checkpoint_dir=...)``
+    (see the module example), or call the jitted ``trainer.train_step(state, x, y)``
+    and ``trainer.evaluate(state, dataset)`` yourself.
     """
 
     def __init__(
