@@ -369,9 +369,18 @@ def from_linen(
         >>> net, x = Net(), jnp.ones((5, 3))
         >>> variables = net.init(jax.random.key(0), x, train=False)
         >>> f = mc.from_linen(net, variables, train=False)  # BatchNorm eval, dropout on
-        >>> ys = jax.jit(lambda key: mc.sample(f, key, x, 10))(jax.random.key(1))
+        >>> ys = mc.sample(f, jax.random.key(1), x, 10)
         >>> ys.shape, bool(ys.std(0).max() > 0)
         ((10, 5, 1), True)
+
+    Under ``jit``, build ``f`` inside the jitted function from the variables passed
+    as an argument, so the weights are inputs of the compiled program rather than
+    constants baked into it (slow to compile for a large model)::
+
+        @jax.jit
+        def predict(variables, key, x):
+            f = mc.from_linen(net, variables, train=False)
+            return mc.predict_regression(f, key, x, 100, chunk_size=50)
     """
     import inspect
 
@@ -470,11 +479,19 @@ def from_nnx(
         ...         return self.lin2(self.drop(nnx.relu(self.bn(self.lin1(x)))))
         >>> model = Net(nnx.Rngs(0))
         >>> f = mc.from_nnx(model)  # BatchNorm uses running stats, dropout samples
-        >>> ys = jax.jit(lambda key: mc.sample(f, key, jnp.ones((5, 3)), 10))(jax.random.key(1))
+        >>> ys = mc.sample(f, jax.random.key(1), jnp.ones((5, 3)), 10)
         >>> ys.shape, bool(ys.std(0).max() > 0)
         ((10, 5, 1), True)
         >>> model.drop.deterministic, model.bn.use_running_average  # untouched
         (False, False)
+
+    Under ``jit``, pass the model as an argument (nnx modules are pytrees) and
+    call ``from_nnx`` inside, so the weights are inputs of the compiled program
+    rather than constants baked into it (slow to compile for a large model)::
+
+        @jax.jit
+        def predict(model, key, x):
+            return mc.predict_classification(mc.from_nnx(model), key, x, 100, chunk_size=50)
     """
     from flax import nnx
 
