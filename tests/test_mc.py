@@ -530,6 +530,17 @@ def test_from_nnx_two_dropout_layers_get_independent_keys():
     assert not np.array_equal(y[0], y[1])
 
 
+def test_models_that_take_the_key_at_call_time_are_sampled_directly():
+    from jaxdrop.models import MLP
+
+    model = MLP(5, (16,), 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="needs no adapter"):
+        mc.from_nnx(model)
+    ys = mc.sample(lambda k, x: model(x, deterministic=False, rngs=k), KEY, X, T)
+    assert ys.shape == (T, 6, 4)
+    assert all(not np.array_equal(ys[i], ys[j]) for i in range(T) for j in range(i))
+
+
 # --------------------------------------------------------------------------- end to end: regression toy
 
 
