@@ -65,4 +65,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # flax.nnx probes for IPython at import (to colour reprs), which costs about a second
+    # per process; the kill test starts several of these, none interactive.
+    sys.modules.setdefault("IPython", None)  # type: ignore[arg-type]
     main(sys.argv[1:])
