@@ -242,7 +242,9 @@ def _describe(args: argparse.Namespace, ds: Any, n_train: int, n_test: int) -> s
 def _dropout_label(args: argparse.Namespace) -> str:
     in_rate = args.input_rate if args.input_rate is not None else (0.2 if args.model == "mlp" else 0.25)
     where = "input" if args.model == "mlp" else "conv"
-    name = "dropout" if args.variant == "dropout" else f"{args.variant} dropout"
+    name = {"gaussian": "gaussian dropout", "alpha": "alpha dropout", "channel": "channel dropout"}.get(
+        args.variant, args.variant
+    )
     return f"{name} ({where} {in_rate:g}, hidden {args.rate:g})"
 
 
