@@ -9,7 +9,10 @@ float32, rate 0.5 (dropout on the N x N input; the MLP training step):
 4. forward+backward (each jaxdrop mode) >= 3x faster than ``flax.linen.Dropout``'s;
 5. MLP training step with jaxdrop dropout (each mode) <= 1.15x the step without dropout.
 
-Not a test: timings on shared machines are noisy. Exit status 1 if a goal is missed.
+Each goal is evaluated twice: on the medians (the headline numbers) and on the minima of
+the interleaved samples (the closest a shared, contended machine gets to an idle one: extra
+load only ever adds time). Not a test: timings on shared machines are noisy. Exit status 1
+if a goal is missed on the medians.
 
 Usage::
 
@@ -27,23 +30,22 @@ COPY, FLAX = "copy (x * 2)", "flax.linen.Dropout"
 MODES = ("jaxdrop exact", "jaxdrop fast")
 
 
-def _t(result: dict[str, Any], impl: str, direction: str) -> float:
-    for r in result["dropout"]:
-        if (r["impl"], r["dtype"], r["rate"], r["direction"]) == (impl, "float32", 0.5, direction):
-            return float(r["median_s"])
-    raise KeyError(f"no float32 rate 0.5 {direction} timing for {impl}")
-
-
-def _mlp(result: dict[str, Any], variant: str) -> float:
-    for r in result["mlp"]:
-        if r["dtype"] == "float32" and r["variant"] == variant and r["rate"] in (None, 0.5):
-            return float(r["median_s"])
-    raise KeyError(f"no float32 MLP timing for {variant}")
-
-
-def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One dict per goal: goal (text), measured (text), ok (bool)."""
+def evaluate(result: dict[str, Any], stat: str = "median_s") -> list[dict[str, Any]]:
+    """One dict per goal: goal (text), measured (text), value, ok (bool); ``stat`` is
+    ``"median_s"`` or ``"min_s"``."""
     goals: list[dict[str, Any]] = []
+
+    def _t(result: dict[str, Any], impl: str, direction: str) -> float:
+        for r in result["dropout"]:
+            if (r["impl"], r["dtype"], r["rate"], r["direction"]) == (impl, "float32", 0.5, direction):
+                return float(r[stat])
+        raise KeyError(f"no float32 rate 0.5 {direction} timing for {impl}")
+
+    def _mlp(result: dict[str, Any], variant: str) -> float:
+        for r in result["mlp"]:
+            if r["dtype"] == "float32" and r["variant"] == variant and r["rate"] in (None, 0.5):
+                return float(r[stat])
+        raise KeyError(f"no float32 MLP timing for {variant}")
 
     def add(goal: str, value: float, ok: bool, unit: str) -> None:
         goals.append({"goal": goal, "measured": f"{value:.2f}{unit}", "value": value, "ok": ok})
@@ -72,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else Path(__file__).resolve().parent / "results" / "cpu.json"
     result = json.loads(path.read_text())
-    print(f"{path}: {result['machine']['cpu']} ({result['machine']['backend']}), size {result['config']['size']}")
+    print(
+        f"{path}: {result['machine']['cpu']} ({result['machine']['backend']}), size {result['config']['size']}"
+    )
+    print(f"  load average {result['machine'].get('loadavg_start')}; {result['config']['reps']} repetitions")
     goals = evaluate(result)
-    for g in goals:
-        print(f"  [{'PASS' if g['ok'] else 'FAIL'}] {g['goal']}: {g['measured']}")
+    for g, m in zip(goals, evaluate(result, "min_s"), strict=True):
+        print(
+            f"  [{'PASS' if g['ok'] else 'FAIL'}] {g['goal']}: {g['measured']} (median); "
+            f"{m['measured']} (min) {'pass' if m['ok'] else 'FAIL'}"
+        )
     return 0 if all(g["ok"] for g in goals) else 1
 
 
