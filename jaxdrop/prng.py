@@ -28,6 +28,14 @@ still correct, but not fused.
 Because element ``i``'s bits depend only on ``(key, i)``, a sharded array gets the
 same values however it is split across devices, and each device computes its own
 slice without communication.
+
+**Blocks of a larger array.** Inside :func:`jax.shard_map` a function sees only
+its device's block, and index 0 of the block is not index 0 of the array. Every
+sampler here takes ``global_shape`` and ``index_offset`` (the block's starting
+index along each axis) and then returns exactly that block of the global
+array's values, e.g. ``bits(key, (2, 3), global_shape=(8, 6), index_offset=(4, 3))
+== bits(key, (8, 6))[4:6, 3:6]``, computing only the block. The offsets may be
+traced (``lax.axis_index(name) * block_size``). See ``docs/sharding.md``.
 """
 
 from __future__ import annotations
@@ -173,23 +181,86 @@ def _mul_wide(a: jax.Array, b: int) -> tuple[jax.Array, jax.Array]:
     return hi, lo
 
 
-def counters(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+Block = tuple[tuple[int, ...], jax.Array] | None
+"""``(global_shape, offsets)`` of a block of a larger array (offsets: uint32, one per axis), or None."""
+
+
+def _block(shape: tuple[int, ...], global_shape: Any, index_offset: Any, fn: str) -> Block:
+    """Validate ``global_shape``/``index_offset`` for a block of ``shape``; None when both are None."""
+    if global_shape is None and index_offset is None:
+        return None
+    if global_shape is None or index_offset is None:
+        raise ValueError(
+            f"jaxdrop.prng.{fn}: pass both `global_shape` (the shape of the whole array) and "
+            "`index_offset` (where this block starts along each axis), or neither."
+        )
+    gshape = tuple(int(d) for d in global_shape)
+    ndim = len(shape)
+    if len(gshape) != ndim or any(s > g for s, g in zip(shape, gshape, strict=True)):
+        raise ValueError(
+            f"jaxdrop.prng.{fn}: a block of shape {shape} does not fit in global_shape={gshape}: "
+            "it needs one entry per axis, each at least the block's size."
+        )
+    if hasattr(index_offset, "ndim") and index_offset.ndim == 1:
+        parts = [index_offset[d] for d in range(index_offset.shape[0])]
+    else:
+        parts = list(index_offset)
+    if len(parts) != ndim:
+        raise ValueError(
+            f"jaxdrop.prng.{fn}: index_offset needs one start index per axis ({ndim}), got {len(parts)}."
+        )
+    concrete: list[int] = []
+    for d, o in enumerate(parts):
+        dtype = getattr(o, "dtype", None)
+        if isinstance(o, bool) or (
+            not isinstance(o, (int, np.integer)) and (dtype is None or not jnp.issubdtype(dtype, jnp.integer))
+        ):
+            raise TypeError(f"jaxdrop.prng.{fn}: index_offset[{d}] must be an integer, got {o!r}.")
+        if isinstance(o, jax.core.Tracer):
+            continue
+        o = int(o)
+        if not 0 <= o <= gshape[d] - shape[d]:
+            raise ValueError(
+                f"jaxdrop.prng.{fn}: index_offset[{d}]={o} puts the block (size {shape[d]}) outside "
+                f"the global axis of size {gshape[d]}; it must be in [0, {gshape[d] - shape[d]}]."
+            )
+        concrete.append(o)
+    if len(concrete) == ndim:
+        return gshape, jnp.asarray(np.asarray(concrete, _U32).reshape(ndim))
+    return gshape, jnp.stack([jnp.asarray(o).astype(_U32) for o in parts])
+
+
+def counters(
+    shape: tuple[int, ...], *, global_shape: Any = None, index_offset: Any = None
+) -> tuple[jax.Array, jax.Array]:
     """Row-major flat index of every element of ``shape``, as (hi, lo) uint32 words.
 
     Built from per-axis iotas (no reshape), so it partitions under SPMD sharding:
-    each device computes the global indices of its own shard.
+    each device computes the global indices of its own shard. With
+    ``global_shape`` and ``index_offset``, the indices are those of the block of
+    ``shape`` starting at ``index_offset`` in an array of ``global_shape``.
+
+    >>> [int(i) for i in counters((2, 2), global_shape=(4, 5), index_offset=(1, 3))[1].ravel()]
+    [8, 9, 13, 14]
     """
     shape = tuple(int(d) for d in shape)
+    return _counters(shape, _block(shape, global_shape, index_offset, "counters"))
+
+
+def _counters(shape: tuple[int, ...], block: Block = None) -> tuple[jax.Array, jax.Array]:
     if not shape:
         return jnp.zeros((), _U32), jnp.zeros((), _U32)
-    strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
+    gshape, offsets = block if block is not None else (shape, None)
+    strides = [math.prod(gshape[d + 1 :]) for d in range(len(shape))]
     hi = jnp.zeros(shape, _U32)
     lo = jnp.zeros(shape, _U32)
-    big = math.prod(shape) > 2**32
+    big = math.prod(gshape) > 2**32
     for d, stride in enumerate(strides):
-        if shape[d] == 1:
+        if gshape[d] == 1:
             continue
         idx = lax.broadcasted_iota(_U32, shape, d)
+        if offsets is not None:
+            idx = idx + offsets[d]
         if not big:
             lo = lo + idx * _U32(stride)
             continue
@@ -207,22 +278,51 @@ def _key_words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return data[..., 0], data[..., 1]
 
 
-def bits(key: jax.Array, shape: tuple[int, ...], *, mode: Mode = "exact") -> jax.Array:
+def bits(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    *,
+    mode: Mode = "exact",
+    global_shape: Any = None,
+    index_offset: Any = None,
+) -> jax.Array:
     """32 random bits per element of ``shape``, as ``uint32``.
 
     ``mode="exact"`` equals ``jax.random.bits(key, shape, jnp.uint32)``.
+
+    ``global_shape`` and ``index_offset`` (both or neither) make ``shape`` a block
+    of a larger array: the result is the block of ``bits(key, global_shape)``
+    that starts at ``index_offset`` (one start index per axis, Python ints or
+    integer scalars, which may be traced, e.g. ``lax.axis_index("x") * n``
+    inside ``shard_map``), computed without the rest of the array. Concrete
+    offsets are range-checked; traced ones are not.
 
     >>> import jax
     >>> k = jax.random.key(0)
     >>> bool((bits(k, (3, 4)) == jax.random.bits(k, (3, 4), jax.numpy.uint32)).all())
     True
+    >>> block = bits(k, (2, 3), global_shape=(8, 6), index_offset=(4, 3))
+    >>> bool((block == bits(k, (8, 6))[4:6, 3:6]).all())
+    True
     """
     rounds = _rounds(mode)
     key = as_key(key, fn="prng.bits", signature="key, shape")
     shape = tuple(int(d) for d in shape)
+    block = _block(shape, global_shape, index_offset, "bits")
     if not is_fused(key):
-        return jax.random.bits(key, shape, jnp.uint32)
-    return _fused_bits(key, shape, rounds)
+        return _fallback_bits(key, shape, jnp.uint32, block)
+    if block is None:
+        return _fused_bits(key, shape, rounds)
+    return _fused_block_bits(key, block[1], shape, block[0], rounds)
+
+
+def _fallback_bits(key: jax.Array, shape: tuple[int, ...], dtype: Any, block: Block) -> jax.Array:
+    # Keys jaxdrop cannot fuse: jax.random's bits (of the whole array for a block, then sliced).
+    if block is None:
+        return jax.random.bits(key, shape, dtype)
+    gshape, offsets = block
+    start = [offsets[d].astype(jnp.int32) for d in range(len(shape))]
+    return lax.dynamic_slice(jax.random.bits(key, gshape, dtype), start, shape)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -235,18 +335,31 @@ def _fused_bits(key: jax.Array, shape: tuple[int, ...], rounds: int) -> jax.Arra
     return b1 ^ b2
 
 
-def _bits_wide(key: jax.Array, shape: tuple[int, ...], nbits: int, mode: Mode) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _fused_block_bits(
+    key: jax.Array, offsets: jax.Array, shape: tuple[int, ...], gshape: tuple[int, ...], rounds: int
+) -> jax.Array:
+    k0, k1 = _key_words(key)
+    hi, lo = _counters(shape, (gshape, offsets))
+    b1, b2 = threefry2x32(k0, k1, hi, lo, rounds)
+    return b1 ^ b2
+
+
+def _bits_wide(
+    key: jax.Array, shape: tuple[int, ...], nbits: int, mode: Mode, block: Block = None
+) -> jax.Array:
     """``nbits`` random bits per element, as jax.random's internal ``_random_bits``."""
+    where: dict[str, Any] = {} if block is None else {"global_shape": block[0], "index_offset": block[1]}
     if nbits == 32:
-        return bits(key, shape, mode=mode)
+        return bits(key, shape, mode=mode, **where)
     if nbits in (8, 16):
         dtype = {8: np.uint8, 16: np.uint16}[nbits]
-        return lax.convert_element_type(bits(key, shape, mode=mode), dtype)
+        return lax.convert_element_type(bits(key, shape, mode=mode, **where), dtype)
     if nbits == 64:
         if not is_fused(key):
-            return jax.random.bits(key, shape, jnp.uint64)
+            return _fallback_bits(key, shape, jnp.uint64, block)
         k0, k1 = _key_words(key)
-        hi, lo = counters(shape)
+        hi, lo = _counters(shape, block)
         b1, b2 = threefry2x32(k0, k1, hi, lo, _rounds(mode))
         return (b1.astype(np.uint64) << np.uint64(32)) | b2.astype(np.uint64)
     raise ValueError(f"unsupported bit width {nbits}")
@@ -260,11 +373,14 @@ def uniform(
     maxval: Any = 1.0,
     *,
     mode: Mode = "exact",
+    global_shape: Any = None,
+    index_offset: Any = None,
 ) -> jax.Array:
     """Uniform floats in ``[minval, maxval)``; ``mode="exact"`` equals :func:`jax.random.uniform`.
 
     The mantissa of a float in ``[1, 2)`` is filled with the top random bits and 1
     is subtracted, so float32 values lie on a grid of ``2**-23``.
+    ``global_shape``/``index_offset``: a block of a larger array, as in :func:`bits`.
 
     >>> import jax
     >>> k = jax.random.key(1)
@@ -276,18 +392,21 @@ def uniform(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"uniform needs a floating dtype, got {dtype}.")
     _rounds(mode)
-    return _uniform(key, tuple(int(d) for d in shape), dtype, minval, maxval, mode)
+    shape = tuple(int(d) for d in shape)
+    block = _block(shape, global_shape, index_offset, "uniform")
+    if block is None:
+        return _uniform(key, shape, dtype, minval, maxval, mode)
+    return _uniform_block(key, shape, dtype, minval, maxval, mode, block[0], block[1])
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 5))
-def _uniform(
-    key: jax.Array, shape: tuple[int, ...], dtype: Any, minval: Any, maxval: Any, mode: Mode
+def _uniform_impl(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any, minval: Any, maxval: Any, mode: Mode, block: Block
 ) -> jax.Array:
     finfo = jnp.finfo(dtype)
     nbits, nmant = finfo.bits, finfo.nmant
     rng_bits = 8 if nmant < 8 else nbits
     uint: Any = {16: np.uint16, 32: np.uint32, 64: np.uint64}[nbits]
-    raw = _bits_wide(key, shape, rng_bits, mode)
+    raw = _bits_wide(key, shape, rng_bits, mode, block)
     if rng_bits != nbits:
         raw = lax.convert_element_type(raw, uint)
     one = np.array(1.0, dtype).view(uint)
@@ -298,12 +417,40 @@ def _uniform(
     return lax.max(minval, floats * (maxval - minval) + minval)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 5))
+def _uniform(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any, minval: Any, maxval: Any, mode: Mode
+) -> jax.Array:
+    return _uniform_impl(key, shape, dtype, minval, maxval, mode, None)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 5, 6))
+def _uniform_block(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    dtype: Any,
+    minval: Any,
+    maxval: Any,
+    mode: Mode,
+    gshape: tuple[int, ...],
+    offsets: jax.Array,
+) -> jax.Array:
+    return _uniform_impl(key, shape, dtype, minval, maxval, mode, (gshape, offsets))
+
+
 def normal(
-    key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32, *, mode: Mode = "exact"
+    key: jax.Array,
+    shape: tuple[int, ...],
+    dtype: Any = jnp.float32,
+    *,
+    mode: Mode = "exact",
+    global_shape: Any = None,
+    index_offset: Any = None,
 ) -> jax.Array:
     """Standard normal samples; ``mode="exact"`` equals :func:`jax.random.normal`.
 
     Computed as ``sqrt(2) * erfinv(u)`` with ``u`` uniform on ``(-1, 1)``.
+    ``global_shape``/``index_offset``: a block of a larger array, as in :func:`bits`.
 
     >>> import jax
     >>> k = jax.random.key(2)
@@ -312,12 +459,18 @@ def normal(
     """
     dtype = jax.dtypes.canonicalize_dtype(dtype)
     lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
-    u = uniform(key, shape, dtype, lo, 1.0, mode=mode)
+    u = uniform(key, shape, dtype, lo, 1.0, mode=mode, global_shape=global_shape, index_offset=index_offset)
     return lax.mul(np.array(np.sqrt(2), dtype), lax.erf_inv(u))
 
 
 def bernoulli(
-    key: jax.Array, p: Any, shape: tuple[int, ...], *, mode: Mode = "exact"
+    key: jax.Array,
+    p: Any,
+    shape: tuple[int, ...],
+    *,
+    mode: Mode = "exact",
+    global_shape: Any = None,
+    index_offset: Any = None,
 ) -> jax.Array:
     """Boolean samples that are ``True`` with probability ``p``.
 
@@ -325,7 +478,8 @@ def bernoulli(
     :func:`jax.random.bernoulli` (its default ``mode='low'``). A Python float ``p``
     is drawn in float32 (float64 under ``jax_enable_x64``), exactly as
     ``jax.random`` does; its resolution is that of the dtype (``2**-23`` for
-    float32).
+    float32). ``global_shape``/``index_offset``: a block of a larger array, as
+    in :func:`bits`.
 
     >>> import jax
     >>> k = jax.random.key(3)
@@ -335,4 +489,4 @@ def bernoulli(
     p = jnp.asarray(p)
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
-    return uniform(key, shape, p.dtype, mode=mode) < p
+    return uniform(key, shape, p.dtype, mode=mode, global_shape=global_shape, index_offset=index_offset) < p
