@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,13 @@ def _positive(value: Any, fn: str, name: str) -> float | jax.Array:
     if isinstance(v, float) and v == 0.0:
         raise ValueError(f"jaxdrop.{fn}: `{name}` must be > 0, got 0.")
     return v
+
+
+def rate_logit(rate: float, fn: str) -> float:
+    """``log(rate / (1 - rate))``: the ``p_logit`` whose sigmoid is the drop rate ``rate``."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+        raise ValueError(f"jaxdrop.{fn}: `init_rate` must be a Python float in (0, 1), got {rate!r}.")
+    return math.log(rate) - math.log1p(-rate)
 
 
 def concrete_dropout(

@@ -80,10 +80,13 @@ def test_sample_chunked_equals_unchunked_exactly(chunk):
     assert np.array_equal(mc.sample(elementwise, KEY, X, T, chunk_size=chunk), full)
 
 
-def test_sample_chunked_equals_unchunked_exactly_for_an_mlp_under_jit():
+def test_sample_chunked_equals_unchunked_for_an_mlp_under_jit():
+    # The masks are identical (exactly, as the elementwise test above shows); the MLP's
+    # matmuls are batched over chunks of different sizes, and XLA's CPU matmul may round
+    # the last bit differently per batch shape, so compare to float32 rounding.
     full = SAMPLE(F, KEY, X, T)
     for chunk in (1, 5):  # 5: three chunks and a remainder of 1
-        assert np.array_equal(SAMPLE(F, KEY, X, T, chunk_size=chunk), full)
+        np.testing.assert_allclose(SAMPLE(F, KEY, X, T, chunk_size=chunk), full, rtol=1e-6, atol=1e-6)
 
 
 def test_sample_matches_a_python_loop_over_split_keys():
