@@ -39,6 +39,7 @@ import math
 import os
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -253,9 +254,15 @@ class _NnxAdapter:
         call = type(model).__call__
         self.pass_det = _accepts(call, "deterministic")
         self.pass_rngs = _accepts(call, "rngs")
-        self.has_dropout_stream = any(
-            isinstance(node, nnx.RngStream) and getattr(node, "tag", None) == "dropout"
-            for _, node in nnx.iter_graph(model)
+        # Streams that layers hold for randomness at call time ('dropout', or 'default' when the
+        # model was built with nnx.Rngs(seed)): reseeded from the step key at every step, or
+        # every step would reuse the stream state captured here, i.e. the same masks.
+        self.stream_tags = sorted(
+            {
+                node.tag
+                for _, node in nnx.iter_graph(model)
+                if isinstance(node, nnx.RngStream) and getattr(node, "tag", "params") != "params"
+            }
         )
         if scheduled and not _accepts(call, "rate"):
             raise TypeError(
@@ -271,8 +278,15 @@ class _NnxAdapter:
         self, params: PyTree, model_state: PyTree, x: Any, key: jax.Array | None, train: bool, rate: Any
     ) -> tuple[jax.Array, PyTree]:
         model = nnx.merge(self.graphdef, params, self.rng_state, model_state)
-        if train and key is not None and self.has_dropout_stream:
-            nnx.reseed(model, dropout=key)  # layers holding their own 'dropout' stream
+        if train and key is not None and self.stream_tags:
+            # 'dropout' takes the step key itself; any other stream a key derived from it and its tag.
+            nnx.reseed(
+                model,
+                **{
+                    tag: key if tag == "dropout" else jax.random.fold_in(key, zlib.crc32(tag.encode()) & 0x7FFFFFFF)
+                    for tag in self.stream_tags
+                },
+            )
         model = nnx.view(model, raise_if_not_found=False, deterministic=not train, use_running_average=not train)
         kwargs: dict[str, Any] = {}
         if self.pass_det:
@@ -564,7 +578,9 @@ class Trainer:
         ``model(x, deterministic=..., rngs=nnx.Rngs(dropout=k))`` (each keyword
         only if ``__call__`` accepts it), after ``nnx.view(model,
         deterministic=..., use_running_average=...)`` and, for layers that hold
-        their own ``dropout`` RNG stream, ``nnx.reseed(model, dropout=k)``. So
+        their own RNG stream, ``nnx.reseed(model, dropout=k)`` (a stream of
+        another tag, e.g. ``default`` from ``nnx.Rngs(seed)``, gets a key folded
+        from ``k`` and the tag), so no step replays another's masks. So
         stock ``nnx.Dropout``/``nnx.BatchNorm`` models and jaxdrop's own
         :mod:`jaxdrop.models` work as they are.
       * ``flax.linen.Module``: ``module.apply(variables, x, deterministic=...,

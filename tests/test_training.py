@@ -15,6 +15,7 @@ import pytest
 from _train_child import BATCH, make_model, make_trainer, toy_data
 from flax import nnx
 
+import jaxdrop.nnx as jdn
 from jaxdrop import models, training
 from jaxdrop.training import Checkpointer, CheckpointError, NonFiniteError, Trainer
 
@@ -370,6 +371,29 @@ def test_stock_nnx_model_with_stored_rng_stream_and_batchnorm(data):
     assert differs(a.model_state, t.init(jax.random.key(0)).model_state)  # batch statistics updated
     # evaluation uses the running averages and no dropout: repeatable
     assert trainer_eval_twice(t, a, data)
+
+
+@pytest.mark.parametrize("dropout_cls", [nnx.Dropout, jdn.Dropout], ids=["flax", "jaxdrop"])
+def test_nnx_model_built_with_a_default_stream_gets_fresh_keys_every_step(data, dropout_cls):
+    # nnx.Rngs(seed) alone (the common pattern): the dropout layer forks the 'default' stream,
+    # not a 'dropout' one. The trainer must reseed it from the step key too; otherwise every
+    # step replays the stream state captured at construction (the same masks every step), and
+    # models built with different stream seeds would train differently.
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(16, 16, rngs=rngs)
+            self.drop = dropout_cls(0.5, rngs=rngs)
+            self.out = nnx.Linear(16, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.drop(jax.nn.relu(self.lin(x))))
+
+    def run(stream_seed):
+        t = Trainer(Net(nnx.Rngs(params=0, default=stream_seed)), optax.adam(1e-2))
+        return t.fit(t.init(jax.random.key(0)), data, batch_size=BATCH, steps=6, progress=False)[0]
+
+    assert Net(nnx.Rngs(0)).drop.rngs.tag == "default"
+    assert_same(run(0), run(99))
 
 
 def trainer_eval_twice(t, state, data) -> bool:
