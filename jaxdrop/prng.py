@@ -258,6 +258,11 @@ def _counters(shape: tuple[int, ...], block: Block = None) -> tuple[jax.Array, j
     for d, stride in enumerate(strides):
         if gshape[d] == 1:
             continue
+        if gshape[d] > 2**32 and offsets is not None:
+            raise ValueError(
+                f"jaxdrop.prng: a block of an array whose axis {d} is longer than 2**32 "
+                f"({gshape[d]}) is not supported: block offsets are 32-bit. Split that axis."
+            )
         idx = lax.broadcasted_iota(_U32, shape, d)
         if offsets is not None:
             idx = idx + offsets[d]
@@ -267,6 +272,12 @@ def _counters(shape: tuple[int, ...], block: Block = None) -> tuple[jax.Array, j
         # 64-bit accumulate: idx * stride, stride = s_hi * 2**32 + s_lo.
         p_hi, p_lo = _mul_wide(idx, stride & 0xFFFFFFFF)
         p_hi = p_hi + idx * _U32(stride >> 32)
+        if shape[d] > 2**32:
+            # The uint32 iota holds the index mod 2**32; its high word comes from a float32
+            # iota, exact after rounding: |float32(i) - i| <= i * 2**-24 << 2**31 for i < 2**48.
+            approx = lax.broadcasted_iota(jnp.float32, shape, d)
+            idx_hi = jnp.round((approx - idx.astype(jnp.float32)) * np.float32(2.0**-32)).astype(_U32)
+            p_hi = p_hi + idx_hi * _U32(stride & 0xFFFFFFFF)
         new_lo = lo + p_lo
         hi = hi + p_hi + (new_lo < lo).astype(_U32)
         lo = new_lo

@@ -12,7 +12,7 @@ Three groups of tests:
   compiled temp-memory size before running). The windows are compared with an
   independent numpy Threefry-2x32 evaluated on the Python-integer flat index, whose
   counter convention is first checked against ``jax.random.bits`` and the Random123
-  known-answer vectors. A single *axis* longer than 2**32 is a known bug (strict xfail).
+  known-answer vectors. A single axis longer than 2**32 gets its high index word from a float32 iota.
 * **Statistics**, for both modes. Every p-value test rejects at ``ALPHA = 1e-4`` (NIST
   SP 800-22 uses 0.01 per sequence; with the 24 seeded p-value tests here, 1e-4 keeps the
   chance of a false alarm for the chosen seeds at ~0.24% in total). Binomial checks
@@ -321,6 +321,8 @@ HUGE = [
     ((3, 2**31 + 5), (2**32,)),
     ((9, 5, 3, 2**25 + 7), (2**32,)),
     ((5, 2**31 + 1), (2**32, 2**33)),
+    ((2**32 + 7,), (2**32,)),  # a single axis longer than 2**32
+    ((2**32 + 7, 16), (16 * 2**32 + 6,)),  # rows 2**32 and 2**32 + 1: past the row index wrap
 ]
 
 
@@ -416,16 +418,9 @@ def test_bits_differ_across_the_2_pow_32_boundary():
         assert not (e0 == e1).any() and not (f0 == f1).any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported to the lead: prng.counters builds each axis' iota in uint32, "
-    "so a single axis longer than 2**32 wraps (jax.random.bits uses a uint64 iota)",
-)
-def test_single_axis_longer_than_2_pow_32():
-    n = 2**32 + 7
-    hi, lo = jax.jit(lambda: tuple(jax.lax.slice(c, (n - 6,), (n,)) for c in prng.counters((n,))))()
-    got = [int(h) * 2**32 + int(low) for h, low in zip(hi, lo, strict=True)]
-    assert got == list(range(n - 6, n))
+def test_a_block_of_an_axis_longer_than_2_pow_32_is_refused():
+    with pytest.raises(ValueError, match="longer than 2\\*\\*32"):
+        prng.counters((4,), global_shape=(2**32 + 8,), index_offset=(0,))
 
 
 # --------------------------------------------------------------------------- fallbacks
