@@ -280,13 +280,11 @@ class _NnxAdapter:
         model = nnx.merge(self.graphdef, params, self.rng_state, model_state)
         if train and key is not None and self.stream_tags:
             # 'dropout' takes the step key itself; any other stream a key derived from it and its tag.
-            nnx.reseed(
-                model,
-                **{
-                    tag: key if tag == "dropout" else jax.random.fold_in(key, zlib.crc32(tag.encode()) & 0x7FFFFFFF)
-                    for tag in self.stream_tags
-                },
-            )
+            stream_keys: dict[str, Any] = {
+                tag: key if tag == "dropout" else jax.random.fold_in(key, zlib.crc32(tag.encode()) & 0x7FFFFFFF)
+                for tag in self.stream_tags
+            }
+            nnx.reseed(model, **stream_keys)
         model = nnx.view(model, raise_if_not_found=False, deterministic=not train, use_running_average=not train)
         kwargs: dict[str, Any] = {}
         if self.pass_det:
