@@ -61,6 +61,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax.linen.linear import default_embed_init, default_kernel_init
 from flax.linen.module import merge_param
@@ -89,9 +90,43 @@ __all__ = [
 Initializer = Callable[..., Any]
 
 
+def _concrete(rate: Any) -> float | None:
+    """The value of a concrete real scalar rate (Python, NumPy or JAX), else ``None``.
+
+    ``None`` for a traced rate (never known while tracing), a bool (rejected later by
+    :func:`jaxdrop.dropout`) or anything that is not a real scalar.
+    """
+    if isinstance(rate, (bool, np.bool_, jax.core.Tracer)):
+        return None
+    if isinstance(rate, (int, float)):
+        return float(rate)
+    dtype = getattr(rate, "dtype", None)
+    if dtype is None or getattr(rate, "ndim", None) != 0:
+        return None
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        return None
+    return float(rate)
+
+
 def _is_zero(rate: Any) -> bool:
-    """A concrete rate of exactly 0 (a traced rate is never known to be 0)."""
-    return isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate == 0
+    """A concrete rate of exactly 0, as Flax's ``rate == 0.0`` test (a traced rate is never known to be 0)."""
+    return _concrete(rate) == 0.0
+
+
+def _flax_broadcast_dims(dims: Any, ndim: int) -> Any:
+    """``broadcast_dims`` without repeats: Flax sets each listed axis of the mask shape
+    to 1, so a repeated axis (``(1, -1)`` of a matrix) is harmless there. Anything
+    out of range or not an integer is passed on, for :func:`jaxdrop.dropout` to reject.
+    """
+    if isinstance(dims, (int, np.integer)):
+        return dims
+    out: list[Any] = []
+    for d in dims:
+        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and -ndim <= d < ndim:
+            d = int(d) % ndim
+        if d not in out:
+            out.append(d)
+    return tuple(out)
 
 
 def _key(module: Any, deterministic: bool | None, rng: Any, *, noop: bool = False) -> Any:
@@ -158,7 +193,8 @@ class Dropout(nn.Dropout):
         key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
         if key is None:
             return inputs
-        return jaxdrop.dropout(key, inputs, self.rate, broadcast_dims=self.broadcast_dims, mode=self.mode)
+        dims = _flax_broadcast_dims(self.broadcast_dims, jnp.ndim(inputs))
+        return jaxdrop.dropout(key, inputs, self.rate, broadcast_dims=dims, mode=self.mode)
 
 
 class ChannelDropout(nn.Module):

@@ -49,6 +49,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.nnx import rnglib
 from flax.nnx.module import first_from
@@ -79,9 +80,43 @@ _ZEROS = nnx.initializers.zeros_init()
 RngsArg = rnglib.Rngs | rnglib.RngStream | jax.Array | None
 
 
+def _concrete(rate: Any) -> float | None:
+    """The value of a concrete real scalar rate (Python, NumPy or JAX), else ``None``.
+
+    ``None`` for a traced rate (never known while tracing), a bool (rejected later by
+    :func:`jaxdrop.dropout`) or anything that is not a real scalar.
+    """
+    if isinstance(rate, (bool, np.bool_, jax.core.Tracer)):
+        return None
+    if isinstance(rate, (int, float)):
+        return float(rate)
+    dtype = getattr(rate, "dtype", None)
+    if dtype is None or getattr(rate, "ndim", None) != 0:
+        return None
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        return None
+    return float(rate)
+
+
 def _is_zero(rate: Any) -> bool:
-    """A concrete rate of exactly 0 (a traced rate is never known to be 0)."""
-    return isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate == 0
+    """A concrete rate of exactly 0, as Flax's ``rate == 0.0`` test (a traced rate is never known to be 0)."""
+    return _concrete(rate) == 0.0
+
+
+def _flax_broadcast_dims(dims: Any, ndim: int) -> Any:
+    """``broadcast_dims`` without repeats: Flax sets each listed axis of the mask shape
+    to 1, so a repeated axis (``(1, -1)`` of a matrix) is harmless there. Anything
+    out of range or not an integer is passed on, for :func:`jaxdrop.dropout` to reject.
+    """
+    if isinstance(dims, (int, np.integer)):
+        return dims
+    out: list[Any] = []
+    for d in dims:
+        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and -ndim <= d < ndim:
+            d = int(d) % ndim
+        if d not in out:
+            out.append(d)
+    return tuple(out)
 
 
 def _fork(rngs: Any, rng_collection: str) -> Any:
@@ -204,11 +239,12 @@ class Dropout(nnx.Dropout):
         """
         if _deterministic(self, deterministic) or _is_zero(self.rate):
             return inputs
-        if isinstance(self.rate, (int, float)) and self.rate == 1.0:
+        if _concrete(self.rate) == 1.0:
             # As Flax: zeros, without drawing a key.
             return jnp.zeros_like(inputs)
         key = _draw_key(self, rngs)
-        return jaxdrop.dropout(key, inputs, self.rate, broadcast_dims=self.broadcast_dims, mode=self.mode)
+        dims = _flax_broadcast_dims(self.broadcast_dims, jnp.ndim(inputs))
+        return jaxdrop.dropout(key, inputs, self.rate, broadcast_dims=dims, mode=self.mode)
 
 
 class _Stochastic(nnx.Module):
