@@ -61,13 +61,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 from flax.linen.linear import default_embed_init, default_kernel_init
 from flax.linen.module import merge_param
 
 import jaxdrop
 from jaxdrop._concrete import rate_logit
+from jaxdrop._flax import flax_broadcast_dims, is_one, is_zero
 from jaxdrop.prng import Mode
 
 __all__ = [
@@ -88,45 +88,6 @@ __all__ = [
 ]
 
 Initializer = Callable[..., Any]
-
-
-def _concrete(rate: Any) -> float | None:
-    """The value of a concrete real scalar rate (Python, NumPy or JAX), else ``None``.
-
-    ``None`` for a traced rate (never known while tracing), a bool (rejected later by
-    :func:`jaxdrop.dropout`) or anything that is not a real scalar.
-    """
-    if isinstance(rate, (bool, np.bool_, jax.core.Tracer)):
-        return None
-    if isinstance(rate, (int, float)):
-        return float(rate)
-    dtype = getattr(rate, "dtype", None)
-    if dtype is None or getattr(rate, "ndim", None) != 0:
-        return None
-    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-        return None
-    return float(rate)
-
-
-def _is_zero(rate: Any) -> bool:
-    """A concrete rate of exactly 0, as Flax's ``rate == 0.0`` test (a traced rate is never known to be 0)."""
-    return _concrete(rate) == 0.0
-
-
-def _flax_broadcast_dims(dims: Any, ndim: int) -> Any:
-    """``broadcast_dims`` without repeats: Flax sets each listed axis of the mask shape
-    to 1, so a repeated axis (``(1, -1)`` of a matrix) is harmless there. Anything
-    out of range or not an integer is passed on, for :func:`jaxdrop.dropout` to reject.
-    """
-    if isinstance(dims, (int, np.integer)):
-        return dims
-    out: list[Any] = []
-    for d in dims:
-        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and -ndim <= d < ndim:
-            d = int(d) % ndim
-        if d not in out:
-            out.append(d)
-    return tuple(out)
 
 
 def _key(module: Any, deterministic: bool | None, rng: Any, *, noop: bool = False) -> Any:
@@ -158,6 +119,12 @@ class Dropout(nn.Dropout):
         same key bit for bit; ``"fast"``: a 13-round Threefry, same statistics,
         other bits (see :mod:`jaxdrop.prng`).
 
+    **Bit-identity** holds for JAX-array inputs, eagerly and under ``jit``. Two
+    cases round the rescaling ``x / (1 - rate)`` differently in Flax, so kept
+    values may differ in the last bit (never the mask): NumPy-array inputs (Flax
+    divides with NumPy) and the primal of an un-jitted ``jax.grad``/``vjp`` (JAX
+    runs Flax's division as a separate op there). Both are tested to one ulp.
+
     Example::
 
         >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -187,13 +154,13 @@ class Dropout(nn.Dropout):
         Returns:
           The masked inputs, rescaled to preserve the mean.
         """
-        if self.rate == 1.0 and not merge_param("deterministic", self.deterministic, deterministic):
+        if is_one(self.rate) and not merge_param("deterministic", self.deterministic, deterministic):
             # As Flax: zeros, without drawing a key.
             return jnp.zeros_like(inputs)
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
-        dims = _flax_broadcast_dims(self.broadcast_dims, jnp.ndim(inputs))
+        dims = flax_broadcast_dims(self.broadcast_dims, jnp.ndim(inputs))
         return jaxdrop.dropout(key, inputs, self.rate, broadcast_dims=dims, mode=self.mode)
 
 
@@ -226,7 +193,7 @@ class ChannelDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.channel_dropout(
@@ -259,7 +226,7 @@ class AlphaDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.alpha_dropout(key, inputs, self.rate, broadcast_dims=self.broadcast_dims, mode=self.mode)
@@ -289,7 +256,7 @@ class FeatureAlphaDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.feature_alpha_dropout(
@@ -322,7 +289,7 @@ class GaussianDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.gaussian_dropout(
@@ -350,7 +317,7 @@ class GaussianNoise(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.stddev))
+        key = _key(self, deterministic, rng, noop=is_zero(self.stddev))
         if key is None:
             return inputs
         return jaxdrop.gaussian_noise(key, inputs, self.stddev, mode=self.mode)
@@ -382,7 +349,7 @@ class DropBlock(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.dropblock(
@@ -425,7 +392,7 @@ class DropPath(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.drop_path(
@@ -462,7 +429,7 @@ class LockedDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.locked_dropout(key, inputs, self.rate, time_axis=self.time_axis, mode=self.mode)
@@ -502,7 +469,7 @@ class EmbeddingDropout(nn.Module):
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         """Looks up integer ``inputs`` (any shape) in the (dropped) table: ``(*inputs.shape, D)``."""
         table = self.param("embedding", self.embedding_init, (self.num_embeddings, self.features))
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is not None:
             table = jaxdrop.embedding_dropout(key, table, self.rate, mode=self.mode)
         return jnp.take(table, inputs, axis=0)
@@ -574,7 +541,7 @@ class DropConnectDense(nn.Module):
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features))
         bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
-        key = _key(self, deterministic, rng, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
         if key is None:
             return jaxdrop.dropconnect_dense(jax.random.key(0), inputs, kernel, 0.0, bias)
         return jaxdrop.dropconnect_dense(key, inputs, kernel, self.rate, bias, mode=self.mode)

@@ -49,7 +49,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from flax.nnx import rnglib
 from flax.nnx.module import first_from
@@ -57,6 +56,7 @@ from flax.nnx.nn.linear import default_embed_init, default_kernel_init
 
 import jaxdrop
 from jaxdrop._concrete import rate_logit
+from jaxdrop._flax import flax_broadcast_dims, is_one, is_zero
 from jaxdrop.prng import Mode
 
 __all__ = [
@@ -78,45 +78,6 @@ __all__ = [
 
 _ZEROS = nnx.initializers.zeros_init()
 RngsArg = rnglib.Rngs | rnglib.RngStream | jax.Array | None
-
-
-def _concrete(rate: Any) -> float | None:
-    """The value of a concrete real scalar rate (Python, NumPy or JAX), else ``None``.
-
-    ``None`` for a traced rate (never known while tracing), a bool (rejected later by
-    :func:`jaxdrop.dropout`) or anything that is not a real scalar.
-    """
-    if isinstance(rate, (bool, np.bool_, jax.core.Tracer)):
-        return None
-    if isinstance(rate, (int, float)):
-        return float(rate)
-    dtype = getattr(rate, "dtype", None)
-    if dtype is None or getattr(rate, "ndim", None) != 0:
-        return None
-    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-        return None
-    return float(rate)
-
-
-def _is_zero(rate: Any) -> bool:
-    """A concrete rate of exactly 0, as Flax's ``rate == 0.0`` test (a traced rate is never known to be 0)."""
-    return _concrete(rate) == 0.0
-
-
-def _flax_broadcast_dims(dims: Any, ndim: int) -> Any:
-    """``broadcast_dims`` without repeats: Flax sets each listed axis of the mask shape
-    to 1, so a repeated axis (``(1, -1)`` of a matrix) is harmless there. Anything
-    out of range or not an integer is passed on, for :func:`jaxdrop.dropout` to reject.
-    """
-    if isinstance(dims, (int, np.integer)):
-        return dims
-    out: list[Any] = []
-    for d in dims:
-        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and -ndim <= d < ndim:
-            d = int(d) % ndim
-        if d not in out:
-            out.append(d)
-    return tuple(out)
 
 
 def _fork(rngs: Any, rng_collection: str) -> Any:
@@ -191,6 +152,12 @@ class Dropout(nnx.Dropout):
         forked and kept, or ``None`` to pass ``rngs`` at call time.
       mode: ``"exact"`` (default, Flax's bits) or ``"fast"`` (see :mod:`jaxdrop.prng`).
 
+    **Bit-identity** holds for JAX-array inputs, eagerly and under ``jit``. Two
+    cases round the rescaling ``x / (1 - rate)`` differently in Flax, so kept
+    values may differ in the last bit (never the mask): NumPy-array inputs (Flax
+    divides with NumPy) and the primal of an un-jitted ``jax.grad``/``vjp`` (JAX
+    runs Flax's division as a separate op there). Both are tested to one ulp.
+
     Example::
 
         >>> import jax.numpy as jnp
@@ -237,13 +204,13 @@ class Dropout(nnx.Dropout):
         Returns:
           The masked inputs, rescaled to preserve the mean.
         """
-        if _deterministic(self, deterministic) or _is_zero(self.rate):
+        if _deterministic(self, deterministic) or is_zero(self.rate):
             return inputs
-        if _concrete(self.rate) == 1.0:
+        if is_one(self.rate):
             # As Flax: zeros, without drawing a key.
             return jnp.zeros_like(inputs)
         key = _draw_key(self, rngs)
-        dims = _flax_broadcast_dims(self.broadcast_dims, jnp.ndim(inputs))
+        dims = flax_broadcast_dims(self.broadcast_dims, jnp.ndim(inputs))
         return jaxdrop.dropout(key, inputs, self.rate, broadcast_dims=dims, mode=self.mode)
 
 
@@ -301,7 +268,7 @@ class ChannelDropout(_Stochastic):
         self.rate, self.channel_axis, self.batch_axis = rate, channel_axis, batch_axis
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.channel_dropout(
@@ -338,7 +305,7 @@ class AlphaDropout(_Stochastic):
         self.rate, self.broadcast_dims = rate, broadcast_dims
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.alpha_dropout(key, inputs, self.rate, broadcast_dims=self.broadcast_dims, mode=self.mode)
@@ -374,7 +341,7 @@ class FeatureAlphaDropout(_Stochastic):
         self.rate, self.channel_axis, self.batch_axis = rate, channel_axis, batch_axis
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.feature_alpha_dropout(
@@ -411,7 +378,7 @@ class GaussianDropout(_Stochastic):
         self.rate, self.broadcast_dims = rate, broadcast_dims
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.gaussian_dropout(
@@ -446,7 +413,7 @@ class GaussianNoise(_Stochastic):
         self.stddev = stddev
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.stddev))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.stddev))
         if key is None:
             return inputs
         return jaxdrop.gaussian_noise(key, inputs, self.stddev, mode=self.mode)
@@ -485,7 +452,7 @@ class DropBlock(_Stochastic):
         self.channel_axis, self.batch_axis = channel_axis, batch_axis
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.dropblock(
@@ -534,7 +501,7 @@ class DropPath(_Stochastic):
         self.scale_by_keep, self.batch_wise = scale_by_keep, batch_wise
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.drop_path(
@@ -578,7 +545,7 @@ class LockedDropout(_Stochastic):
         self.rate, self.time_axis = rate, time_axis
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return inputs
         return jaxdrop.locked_dropout(key, inputs, self.rate, time_axis=self.time_axis, mode=self.mode)
@@ -635,7 +602,7 @@ class EmbeddingDropout(_Stochastic):
         """Looks up integer ``inputs`` (any shape) in the (dropped) table: ``(*inputs.shape, D)``."""
         ids = _integer_ids(inputs, "EmbeddingDropout")
         table = self.embedding[...]
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is not None:
             table = jaxdrop.embedding_dropout(key, table, self.rate, mode=self.mode)
         return jnp.take(table, ids, axis=0)
@@ -722,7 +689,7 @@ class DropConnectDense(_Stochastic):
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         bias = None if self.bias is None else self.bias[...]
-        key = _key(self, deterministic, rngs, noop=_is_zero(self.rate))
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
         if key is None:
             return jaxdrop.dropconnect_dense(jax.random.key(0), inputs, self.kernel[...], self.rate, bias,
                                              deterministic=True)

@@ -902,32 +902,42 @@ def test_mode_fast_is_valid_but_different():
 # (not strict: the rounding is XLA's and may differ by backend).
 
 
-@pytest.mark.xfail(reason="NumPy inputs: Flax divides with NumPy (correctly rounded), jaxdrop with XLA")
+def assert_same_mask_within_one_ulp(a, b):
+    """The documented bound outside jit's bit-identity: the same kept/dropped elements,
+    and kept values that differ by at most one unit in the last place (the rescaling
+    division rounded by NumPy or by an unfused XLA op in Flax, inside a fused kernel here)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a == 0, b == 0)
+    np.testing.assert_array_max_ulp(a, b, maxulp=1)
+
+
+# Two documented exceptions to bit-identity (see the Dropout docstrings): NumPy inputs,
+# which Flax rescales with NumPy, and eager (un-jitted) autodiff, where JAX runs Flax's
+# division as a single op. Both differ from jaxdrop by at most one ulp; under jit (and in
+# plain eager calls with JAX arrays) the outputs are identical, as tested above.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_known_difference_numpy_inputs(dtype):
+def test_numpy_inputs_agree_within_one_ulp(dtype):
     x = np.asarray(data((5, 6)), dtype) / dtype(3.0)
-    assert_identical(
+    assert_same_mask_within_one_ulp(
         nnx.Dropout(0.3)(x, rngs=KEYS["key"]),
         jdn.Dropout(0.3)(x, rngs=KEYS["key"]),
     )
-    assert_identical(
+    assert_same_mask_within_one_ulp(
         nn.Dropout(0.3).apply({}, x, deterministic=False, rng=KEYS["key"]),
         jdl.Dropout(0.3).apply({}, x, deterministic=False, rng=KEYS["key"]),
     )
 
 
-@pytest.mark.xfail(
-    reason="eager autodiff: Flax's primal x / keep is correctly rounded there, jaxdrop's is not"
-)
 @pytest.mark.parametrize("api", ["linen-vjp", "nnx-grad"])
-def test_known_difference_eager_autodiff_primal(api):
+def test_eager_autodiff_agrees_within_one_ulp(api):
     x = data((4, 8), special=False)
     if api == "linen-vjp":
         primals = [
             jax.vjp(lambda x, D=D: D(0.3).apply({}, x, deterministic=False, rng=KEYS["key"]), x)[0]
             for D in (nn.Dropout, jdl.Dropout)
         ]
-        assert_identical(*primals)
+        assert_same_mask_within_one_ulp(*primals)
     else:
 
         def loss(model, x, rngs):
@@ -935,4 +945,10 @@ def test_known_difference_eager_autodiff_primal(api):
 
         fl, jd = nnx_nets()
         x = x[:, :3]
-        assert_trees_identical(nnx.grad(loss)(fl, x, nnx.Rngs(1)), nnx.grad(loss)(jd, x, nnx.Rngs(1)))
+        g_fl, g_jd = nnx.grad(loss)(fl, x, nnx.Rngs(1)), nnx.grad(loss)(jd, x, nnx.Rngs(1))
+        la, ta = jax.tree.flatten(g_fl)
+        lb, tb = jax.tree.flatten(g_jd)
+        assert ta == tb
+        for a, b in zip(la, lb, strict=True):
+            # Gradients sum products of the outputs: a relative, not a one-ulp, bound.
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

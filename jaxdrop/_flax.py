@@ -1,0 +1,56 @@
+"""Helpers shared by the Flax layers of :mod:`jaxdrop.linen` and :mod:`jaxdrop.nnx` (no math)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["concrete_value", "flax_broadcast_dims", "is_one", "is_zero"]
+
+
+def concrete_value(rate: Any) -> float | None:
+    """The value of a concrete real scalar rate (Python, NumPy or JAX), else ``None``.
+
+    ``None`` for a traced rate (never known while tracing), a bool (rejected later by
+    :func:`jaxdrop.dropout`) or anything that is not a real scalar.
+    """
+    if isinstance(rate, (bool, np.bool_, jax.core.Tracer)):
+        return None
+    if isinstance(rate, (int, float)):
+        return float(rate)
+    dtype = getattr(rate, "dtype", None)
+    if dtype is None or getattr(rate, "ndim", None) != 0:
+        return None
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        return None
+    return float(rate)
+
+
+def is_zero(rate: Any) -> bool:
+    """A concrete rate of exactly 0, as Flax's ``rate == 0.0`` test (a traced rate is never known to be 0)."""
+    return concrete_value(rate) == 0.0
+
+
+def flax_broadcast_dims(dims: Any, ndim: int) -> Any:
+    """``broadcast_dims`` without repeats: Flax sets each listed axis of the mask shape
+    to 1, so a repeated axis (``(1, -1)`` of a matrix) is harmless there. Anything
+    out of range or not an integer is passed on, for :func:`jaxdrop.dropout` to reject.
+    """
+    if isinstance(dims, (int, np.integer)):
+        return dims
+    out: list[Any] = []
+    for d in dims:
+        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and -ndim <= d < ndim:
+            d = int(d) % ndim
+        if d not in out:
+            out.append(d)
+    return tuple(out)
+
+
+def is_one(rate: Any) -> bool:
+    """A concrete rate of exactly 1, as Flax's ``rate == 1.0`` test."""
+    return concrete_value(rate) == 1.0
+
