@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["concrete_value", "flax_broadcast_dims", "is_one", "is_zero"]
+__all__ = ["bind_attention", "concrete_value", "flax_broadcast_dims", "is_one", "is_zero"]
 
 
 def concrete_value(rate: Any) -> float | None:
@@ -54,3 +55,25 @@ def is_one(rate: Any) -> bool:
     """A concrete rate of exactly 1, as Flax's ``rate == 1.0`` test."""
     return concrete_value(rate) == 1.0
 
+
+
+def bind_attention(fn: Any, implementation: Any, block_size: Any, mode: Any) -> Any:
+    """``fn`` with a layer's attention options bound, if ``fn`` is jaxdrop's attention.
+
+    A Flax attention layer calls ``attention_fn(query, key, value, **kwargs)`` and looks
+    at its signature to choose the keywords; a :func:`functools.partial` keeps that
+    signature. Any other ``attention_fn`` is returned unchanged, and keywords a user
+    bound in a partial of their own win over the layer's fields. A partial made here
+    is rebuilt from the current fields (linen clones modules with their attributes).
+    """
+    from jaxdrop import attention
+
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    if base is not attention.dot_product_attention:
+        return fn
+    options = {"implementation": implementation, "block_size": block_size, "mode": mode}
+    if isinstance(fn, functools.partial) and not getattr(fn, "_jaxdrop_layer_options", False):
+        options.update(fn.keywords)
+    bound = functools.partial(attention.dot_product_attention, **options)
+    bound._jaxdrop_layer_options = True  # type: ignore[attr-defined]
+    return bound

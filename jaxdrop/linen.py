@@ -34,6 +34,8 @@ layer                       functional form
 :class:`Zoneout`            :func:`jaxdrop.zoneout`
 :class:`DropConnectDense`   :func:`jaxdrop.dropconnect_dense` (a ``Dense`` whose weights drop)
 :class:`ConcreteDropout`    :func:`jaxdrop.concrete_dropout` (a learned rate, wrapping a layer)
+:class:`MultiHeadDotProductAttention`, :class:`SelfAttention`, :class:`MultiHeadAttention`
+                            :func:`jaxdrop.attention.dot_product_attention`
 ==========================  =============================================
 
 Example::
@@ -67,7 +69,9 @@ from flax.linen.module import merge_param
 
 import jaxdrop
 from jaxdrop._concrete import rate_logit
-from jaxdrop._flax import flax_broadcast_dims, is_one, is_zero
+from jaxdrop import attention
+from jaxdrop._flax import bind_attention, flax_broadcast_dims, is_one, is_zero
+from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
 
 __all__ = [
@@ -83,6 +87,9 @@ __all__ = [
     "GaussianDropout",
     "GaussianNoise",
     "LockedDropout",
+    "MultiHeadAttention",
+    "MultiHeadDotProductAttention",
+    "SelfAttention",
     "Zoneout",
     "regularization_loss",
 ]
@@ -618,6 +625,76 @@ class ConcreteDropout(nn.Module):
         )
         self.sow(self.loss_collection, "concrete_dropout", reg)
         return out
+
+
+_ATTENTION_DOC = """
+
+    Flax's layer with :func:`jaxdrop.attention.dot_product_attention` as the default
+    ``attention_fn``: the same fields, calls, parameter tree (a Flax checkpoint loads
+    unchanged) and rng streams, and by default the same output bit for bit while
+    attention dropout is applied (the mask is Flax's, drawn fused and regenerated in
+    the backward pass). Without dropout (``deterministic``, or ``dropout_rate=0``) the
+    fused :func:`jax.nn.dot_product_attention` runs: equal to Flax's to float
+    rounding; ``implementation="dense"`` keeps Flax's exact computation there too.
+
+    Extra attributes:
+      implementation: ``None`` (default), ``"dense"`` or ``"blockwise"`` (memory linear
+        in the sequence length, same dropout mask); see :mod:`jaxdrop.attention`.
+      block_size: blockwise only, the query/key block length (an int or a pair).
+      mode: ``"exact"`` (Flax's mask) or ``"fast"`` (13-round Threefry).
+
+    Options are bound to jaxdrop's ``attention_fn`` only; another ``attention_fn``
+    runs as given, and keywords bound in a ``functools.partial`` of jaxdrop's
+    function win over these fields.
+"""
+
+
+def _bind_linen(module: Any) -> None:
+    # Linen modules are frozen dataclasses; fields may still be set in __post_init__.
+    object.__setattr__(
+        module,
+        "attention_fn",
+        bind_attention(module.attention_fn, module.implementation, module.block_size, module.mode),
+    )
+
+
+class MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
+    __doc__ = "Drop-in :class:`flax.linen.MultiHeadDotProductAttention`." + _ATTENTION_DOC
+
+    attention_fn: Callable[..., jax.Array] = attention.dot_product_attention
+    implementation: Implementation = None
+    block_size: int | tuple[int, int] = 512
+    mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        _bind_linen(self)
+        super().__post_init__()
+
+
+class MultiHeadAttention(nn.MultiHeadAttention):
+    __doc__ = "Drop-in :class:`flax.linen.MultiHeadAttention` (the same layer, Flax's naming)." + _ATTENTION_DOC
+
+    attention_fn: Callable[..., jax.Array] = attention.dot_product_attention
+    implementation: Implementation = None
+    block_size: int | tuple[int, int] = 512
+    mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        _bind_linen(self)
+        super().__post_init__()
+
+
+class SelfAttention(nn.SelfAttention):
+    __doc__ = "Drop-in :class:`flax.linen.SelfAttention` (queries, keys and values from one input)." + _ATTENTION_DOC
+
+    attention_fn: Callable[..., jax.Array] = attention.dot_product_attention
+    implementation: Implementation = None
+    block_size: int | tuple[int, int] = 512
+    mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        _bind_linen(self)
+        super().__post_init__()
 
 
 def regularization_loss(collection: Any) -> jax.Array:

@@ -56,7 +56,9 @@ from flax.nnx.nn.linear import default_embed_init, default_kernel_init
 
 import jaxdrop
 from jaxdrop._concrete import rate_logit
-from jaxdrop._flax import flax_broadcast_dims, is_one, is_zero
+from jaxdrop import attention
+from jaxdrop._flax import bind_attention, flax_broadcast_dims, is_one, is_zero
+from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "GaussianDropout",
     "GaussianNoise",
     "LockedDropout",
+    "MultiHeadAttention",
     "Zoneout",
     "regularization_loss",
 ]
@@ -785,6 +788,49 @@ class ConcreteDropout(_Stochastic):
             mode=self.mode,
         )
         return self.layer(dropped)
+
+
+class MultiHeadAttention(nnx.MultiHeadAttention):
+    """Drop-in :class:`flax.nnx.MultiHeadAttention` with jaxdrop's attention.
+
+    Flax's layer with :func:`jaxdrop.attention.dot_product_attention` as the default
+    ``attention_fn``: the same constructor and call (``decode``, ``sow_weights``,
+    ``is_causal``, grouped-query ``num_kv_heads``), the same parameters (a Flax
+    checkpoint loads unchanged) and rng stream, and by default the same output bit
+    for bit while attention dropout is applied. Without dropout (``deterministic``,
+    or rate 0) the fused :func:`jax.nn.dot_product_attention` runs, whatever the
+    configured rate (Flax fuses only when the rate itself is 0).
+
+    Extra keyword arguments:
+      implementation: ``None`` (default), ``"dense"`` or ``"blockwise"`` (memory
+        linear in the sequence length, same dropout mask); see :mod:`jaxdrop.attention`.
+      block_size: blockwise only, the query/key block length (an int or a pair).
+      mode: ``"exact"`` (Flax's mask) or ``"fast"`` (13-round Threefry).
+
+    They are bound to jaxdrop's ``attention_fn`` only; another ``attention_fn`` runs
+    as given.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxdrop.nnx as jdn
+    >>> layer = jdn.MultiHeadAttention(num_heads=2, in_features=8, dropout_rate=0.1,
+    ...                                decode=False, implementation="blockwise", rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((1, 5, 8)), deterministic=False).shape
+    (1, 5, 8)
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        attention_fn: Any = attention.dot_product_attention,
+        implementation: Implementation = None,
+        block_size: int | tuple[int, int] = 512,
+        mode: Mode = "exact",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args, attention_fn=bind_attention(attention_fn, implementation, block_size, mode), **kwargs
+        )
 
 
 def regularization_loss(model: nnx.Module) -> jax.Array:
