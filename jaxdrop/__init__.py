@@ -9,7 +9,7 @@ index (see :mod:`jaxdrop.prng`), bit-identical to ``jax.random.bernoulli`` by
 default, and regenerated rather than stored for the backward pass.
 """
 
-from jaxdrop import prng
+from jaxdrop import attention, prng
 from jaxdrop._checks import checked
 from jaxdrop._dropout import dropout, keep_mask
 
@@ -36,6 +36,7 @@ from jaxdrop import mc
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention",
     "checked",
     # variants (issue 4)
     "alpha_dropout",

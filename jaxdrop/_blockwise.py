@@ -40,7 +40,11 @@ from jax import lax
 
 from jaxdrop import prng
 
-_F32 = jnp.float32
+
+
+def _acc(dtype: Any) -> Any:
+    """The accumulation dtype: float32, or float64 for float64 inputs."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 class Config(NamedTuple):
@@ -60,14 +64,14 @@ class Config(NamedTuple):
 def _blocks(x: jax.Array, axis: int, size: int) -> jax.Array:
     """Split ``axis`` of ``x`` (a multiple of ``size``) into blocks, block index first."""
     n = x.shape[axis] // size
-    x = x.reshape(x.shape[:axis] + (n, size) + x.shape[axis + 1 :])
+    x = x.reshape((*x.shape[:axis], n, size, *x.shape[axis + 1:]))
     return jnp.moveaxis(x, axis, 0)
 
 
 def _unblocks(x: jax.Array, axis: int) -> jax.Array:
     """Inverse of :func:`_blocks`: ``[n, ..., size, ...] -> [..., n * size, ...]``."""
     x = jnp.moveaxis(x, 0, axis)
-    return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
+    return x.reshape((*x.shape[:axis], x.shape[axis] * x.shape[axis + 1], *x.shape[axis + 2:]))
 
 
 def _slice(x: jax.Array | None, i: Any, j: Any, cfg: Config) -> jax.Array | None:
@@ -90,17 +94,18 @@ def _scores(
     float, as in Flax, so a row with every key masked becomes a uniform softmax.
     Padding keys (past ``kv_len``) get ``-inf``: they never count.
     """
-    s = jnp.einsum("bhgqd,bhkd->bhgqk", qi, kj, precision=cfg.precision, preferred_element_type=_F32)
+    acc = _acc(qi.dtype)
+    s = jnp.einsum("bhgqd,bhkd->bhgqk", qi, kj, precision=cfg.precision, preferred_element_type=acc)
     bias_ij = _slice(bias, i, j, cfg)
     if bias_ij is not None:
-        s = s + bias_ij.astype(_F32)
+        s = s + bias_ij.astype(acc)
     valid = _slice(mask, i, j, cfg)
     rows = i * cfg.block_q + lax.broadcasted_iota(jnp.int32, (cfg.block_q, 1), 0)
     cols = j * cfg.block_k + lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
     if cfg.causal:
         valid = rows >= cols if valid is None else valid & (rows >= cols)
     if valid is not None:
-        s = jnp.where(valid, s, jnp.finfo(_F32).min)
+        s = jnp.where(valid, s, jnp.finfo(acc).min)
     if cfg.kv_len % cfg.block_k:
         s = jnp.where(cols < cfg.kv_len, s, -jnp.inf)
     return s, valid
@@ -123,13 +128,13 @@ def _multiplier(
     # rows and columns (discarded rows, zero-weight keys) get bits that are never used.
     offset = (0, 0, 0, i * cfg.block_q, j * cfg.block_k)
     kept = prng.bernoulli(key, keep, bshape, mode=cfg.mode, global_shape=gshape, index_offset=offset)  # type: ignore[arg-type]
-    return jnp.where(kept, mult, jnp.zeros((), _F32))
+    return jnp.where(kept, mult, jnp.zeros((), mult.dtype))
 
 
 def _forward(
     cfg: Config, q: Any, k: Any, v: Any, bias: Any, mask: Any, key: Any, keep: Any, mult: Any
 ) -> tuple[jax.Array, jax.Array]:
-    """Blocked ``(out, stats)``: ``out`` [nq, B, Hk, G, bq, Dv] float32 and ``stats``
+    """Blocked ``(out, stats)``: ``out`` [nq, B, Hk, G, bq, Dv] (float32 or 64) and ``stats``
     [nq, 2, B, Hk, G, bq], each row's maximum logit and inverse softmax normaliser."""
     qb = _blocks(q, 3, cfg.block_q)
     kb = _blocks(k, 2, cfg.block_k)
@@ -137,35 +142,36 @@ def _forward(
     nk = kb.shape[0]
     b, hk, g, bq, _ = qb.shape[1:]
     dv = v.shape[-1]
+    acc_t = _acc(q.dtype)
 
     def q_step(_: None, xs: Any) -> tuple[None, tuple[jax.Array, jax.Array]]:
         i, qi = xs
 
         def k_step(carry: Any, ys: Any) -> tuple[Any, None]:
-            m, l, acc = carry
+            m, norm, acc = carry
             j, kj, vj = ys
             s, _ = _scores(cfg, qi, kj, bias, mask, i, j)
             m_new = jnp.maximum(m, s.max(-1))
             m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
             p = jnp.exp(s - m_safe[..., None])
             corr = jnp.exp(m - m_safe)
-            l = l * corr + p.sum(-1)
+            norm = norm * corr + p.sum(-1)
             d = _multiplier(cfg, key, keep, mult, s.shape, i, j)
             pd = p if d is None else p * d
-            pv = jnp.einsum("bhgqk,bhkd->bhgqd", pd, vj.astype(_F32), precision=cfg.precision)
-            return (m_new, l, acc * corr[..., None] + pv), None
+            pv = jnp.einsum("bhgqk,bhkd->bhgqd", pd, vj.astype(acc_t), precision=cfg.precision)
+            return (m_new, norm, acc * corr[..., None] + pv), None
 
         init = (
-            jnp.full((b, hk, g, bq), -jnp.inf, _F32),
-            jnp.zeros((b, hk, g, bq), _F32),
-            jnp.zeros((b, hk, g, bq, dv), _F32),
+            jnp.full((b, hk, g, bq), -jnp.inf, acc_t),
+            jnp.zeros((b, hk, g, bq), acc_t),
+            jnp.zeros((b, hk, g, bq, dv), acc_t),
         )
-        (m, l, acc), _ = lax.scan(k_step, init, (jnp.arange(nk), kb, vb))
+        (m, norm, acc), _ = lax.scan(k_step, init, (jnp.arange(nk), kb, vb))
         # The softmax of row i is exp(s - m_i) / l_i; (m_i, 1 / l_i) are kept apart
         # rather than as m_i + log(l_i), which rounds back to m_i when every key of the
         # row is masked (m_i is then the most negative float).
         m_safe = jnp.where(jnp.isneginf(m), 0.0, m)
-        return None, (acc / l[..., None], jnp.stack([m_safe, 1 / l]))
+        return None, (acc / norm[..., None], jnp.stack([m_safe, 1 / norm]))
 
     _, (out, stats) = lax.scan(q_step, None, (jnp.arange(qb.shape[0]), qb))
     return out, stats
@@ -200,17 +206,18 @@ def _attention_bwd(cfg: Config, res: Any, g_out: jax.Array) -> tuple[Any, ...]:
     qb = _blocks(q, 3, cfg.block_q)
     kb = _blocks(k, 2, cfg.block_k)
     vb = _blocks(v, 2, cfg.block_k)
-    gb = _blocks(g_out, 3, cfg.block_q).astype(_F32)
+    acc_t = _acc(q.dtype)
+    gb = _blocks(g_out, 3, cfg.block_q).astype(acc_t)
     # D_i = sum_j P_ij dP_ij = dO_i . O_i, also with dropout (P dP is taken on dropped weights).
     delta = (gb * out).sum(-1)
     nk = kb.shape[0]
-    bias_blk = None if bias is None else (1 if bias.shape[3] == 1 else cfg.block_q)
+    bias_blk = 1 if bias is None or bias.shape[3] == 1 else cfg.block_q
 
     def q_step(carry: Any, xs: Any) -> tuple[Any, Any]:
         dk, dv = carry
         i, qi, gi, stats_i, delta_i = xs
         m_i, inv_l_i = stats_i[0][..., None], stats_i[1][..., None]
-        qf = qi.astype(_F32)
+        qf = qi.astype(acc_t)
 
         def k_step(dq: jax.Array, ys: Any) -> tuple[jax.Array, Any]:
             j, kj, vj = ys
@@ -219,27 +226,27 @@ def _attention_bwd(cfg: Config, res: Any, g_out: jax.Array) -> tuple[Any, ...]:
             d = _multiplier(cfg, key, keep, mult, s.shape, i, j)
             pd = p if d is None else p * d
             dv_j = jnp.einsum("bhgqk,bhgqd->bhkd", pd, gi, precision=cfg.precision)
-            dpd = jnp.einsum("bhgqd,bhkd->bhgqk", gi, vj.astype(_F32), precision=cfg.precision)
+            dpd = jnp.einsum("bhgqd,bhkd->bhgqk", gi, vj.astype(acc_t), precision=cfg.precision)
             dp = dpd if d is None else dpd * d
             ds = p * (dp - delta_i[..., None])
             if valid is not None:
                 # Masked logits are constants in Flax (a `where`): no gradient reaches them.
                 ds = jnp.where(valid, ds, 0.0)
-            dq = dq + jnp.einsum("bhgqk,bhkd->bhgqd", ds, kj.astype(_F32), precision=cfg.precision)
+            dq = dq + jnp.einsum("bhgqk,bhkd->bhgqd", ds, kj.astype(acc_t), precision=cfg.precision)
             dk_j = jnp.einsum("bhgqk,bhgqd->bhkd", ds, qf, precision=cfg.precision)
             db_j = None
             if bias is not None:
-                db_j = _reduce_like(ds, bias.shape[:3] + (bias_blk, 1 if bias.shape[4] == 1 else cfg.block_k))
+                db_j = _reduce_like(ds, (*bias.shape[:3], bias_blk, 1 if bias.shape[4] == 1 else cfg.block_k))
             return dq, (dk_j, dv_j, db_j)
 
-        dq0 = jnp.zeros(qi.shape, _F32)
+        dq0 = jnp.zeros(qi.shape, acc_t)
         dq_i, (dk_i, dv_i, db_i) = lax.scan(k_step, dq0, (jnp.arange(nk), kb, vb))
         db_row = None
         if db_i is not None:
             db_row = _unblocks(db_i, 4) if bias.shape[4] > 1 else db_i.sum(0)
         return (dk + _unblocks(dk_i, 2), dv + _unblocks(dv_i, 2)), (dq_i, db_row)
 
-    init = (jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32))
+    init = (jnp.zeros(k.shape, acc_t), jnp.zeros(v.shape, acc_t))
     (dk, dv), (dq, dbias) = lax.scan(q_step, init, (jnp.arange(qb.shape[0]), qb, gb, stats, delta))
     dq = _unblocks(dq, 3).astype(q.dtype)
     if dbias is not None:

@@ -203,13 +203,13 @@ def _weights(
     q_heads, k_heads = query.shape[-2], key.shape[-2]
     is_gqa = q_heads != k_heads
     if is_gqa:
-        query = query.reshape(query.shape[:-2] + (k_heads, q_heads // k_heads, query.shape[-1]))
+        query = query.reshape((*query.shape[:-2], k_heads, q_heads // k_heads, query.shape[-1]))
         key = jnp.expand_dims(key, axis=-2)
     depth = query.shape[-1]
     query = query / jnp.sqrt(depth).astype(dtype)
     if is_gqa:
         w = einsum("...qhgd,...kh1d->...hgqk", query, key)
-        w = w.reshape(w.shape[:-4] + (q_heads,) + w.shape[-2:])
+        w = w.reshape((*w.shape[:-4], q_heads, *w.shape[-2:]))
     else:
         w = einsum("...qhd,...khd->...hqk", query, key)
     if bias is not None:
@@ -247,9 +247,9 @@ def _dense(
     w = _weights(query, key, **weights_args)
     q_heads, v_heads = w.shape[-3], value.shape[-2]
     if q_heads != v_heads:
-        w = w.reshape(w.shape[:-3] + (v_heads, q_heads // v_heads) + w.shape[-2:])
+        w = w.reshape((*w.shape[:-3], v_heads, q_heads // v_heads, *w.shape[-2:]))
         out = value_einsum("...hgqk,...kh1d->...qhgd", w, jnp.expand_dims(value, axis=-2))
-        return out.reshape(out.shape[:-3] + (q_heads, out.shape[-1]))
+        return out.reshape((*out.shape[:-3], q_heads, out.shape[-1]))
     return value_einsum("...hqk,...khd->...qhd", w, value)
 
 
@@ -338,11 +338,11 @@ def _blockwise_attention(
     cfg = _blockwise.Config(bq, bk, tq, tk, bool(is_causal), apply_dropout, broadcast_dropout, mode, precision)
     keep = mult = None
     if apply_dropout:
-        keep, mult = _keep_and_multiplier(rate, jnp.float32)
+        keep, mult = _keep_and_multiplier(rate, jnp.promote_types(dtype, jnp.float32))
         keep, mult = jnp.asarray(keep), jnp.asarray(mult)
     out = _blockwise.attention(cfg, q, k, v, bias, mask, dropout_key, keep, mult)
     out = out[:, :, :, :tq].transpose(0, 3, 1, 2, 4)  # [B, Tq, Hk, G, Dv]
-    return out.reshape(batch + (tq, hq, dv))
+    return out.reshape((*batch, tq, hq, dv))
 
 
 # -- public --------------------------------------------------------------------------
@@ -459,7 +459,7 @@ def dot_product_attention(
             raise TypeError(f"jaxdrop.{_FN}: `{name}` must be an array, got {arr!r}.")
     query, key, value = _promote((query, key, value), dtype, promote_dtype)
     _check_shapes(query, key, value)
-    target = query.shape[:-3] + (query.shape[-2], query.shape[-3], key.shape[-3])
+    target = (*query.shape[:-3], query.shape[-2], query.shape[-3], key.shape[-3])
     if bias is not None:
         bias = _check_broadcast(bias, "bias", target)
     if mask is not None:
@@ -551,7 +551,7 @@ def dot_product_attention_weights(
     prng._rounds(mode)
     query, key = _promote((query, key), dtype, promote_dtype)
     _check_shapes(query, key)
-    target = query.shape[:-3] + (query.shape[-2], query.shape[-3], key.shape[-3])
+    target = (*query.shape[:-3], query.shape[-2], query.shape[-3], key.shape[-3])
     if bias is not None:
         bias = _check_broadcast(bias, "bias", target)
     if mask is not None:

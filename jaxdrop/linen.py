@@ -68,8 +68,8 @@ from flax.linen.linear import default_embed_init, default_kernel_init
 from flax.linen.module import merge_param
 
 import jaxdrop
-from jaxdrop._concrete import rate_logit
 from jaxdrop import attention
+from jaxdrop._concrete import rate_logit
 from jaxdrop._flax import bind_attention, flax_broadcast_dims, is_one, is_zero
 from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode

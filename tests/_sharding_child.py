@@ -47,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxdrop
-from jaxdrop import prng
+from jaxdrop import attention, prng
 
 N_DEVICES = 8
 RATE = 0.3
@@ -128,6 +128,7 @@ class Case:
 
 _DROPBLOCK_LAYOUTS = tuple((name, "none" if name in BATCH_LAYOUTS else "small") for name in LAYOUTS)
 _BATCH_ONLY = (("2dev-batch", "none"), ("8dev-axis1", "none"))  # rank 2: 8dev-axis1 is the batch axis
+_BATCH_ATTENTION = (("2dev-batch", "none"),)  # other layouts split the length or depth attention mixes
 
 S3, S4 = (8, 8, 8), (8, 8, 8, 8)
 CASES: tuple[Case, ...] = (
@@ -172,6 +173,28 @@ CASES: tuple[Case, ...] = (
     Case("embedding_dropout", "embedding_dropout", (8, 8), lambda k, e, r: jaxdrop.embedding_dropout(k, e, r)),
     Case("zoneout", "zoneout", S3, lambda k, x, r: jaxdrop.zoneout(k, x, 2 * x + 1, r)),
     Case("concrete_dropout", "concrete_dropout", S3, lambda k, x, r: jaxdrop.concrete_dropout(k, x, _logit(r))),
+    # Attention [batch, length, heads, depth] sharded over the batch: a per-weight mask
+    # (broadcast_dropout=False) and the blockwise path with blocks of half the length.
+    Case(
+        "attention-dense",
+        "attention.dot_product_attention",
+        S4,
+        lambda k, x, r: attention.dot_product_attention(
+            x, x, x, dropout_rng=k, dropout_rate=r, broadcast_dropout=False, implementation="dense"
+        ),
+        layouts=_BATCH_ATTENTION,
+        atol=1e-5,  # the matmuls' rounding; a changed mask moves outputs by O(1)
+    ),
+    Case(
+        "attention-blockwise",
+        "attention.dot_product_attention",
+        S4,
+        lambda k, x, r: attention.dot_product_attention(
+            x, x, x, dropout_rng=k, dropout_rate=r, broadcast_dropout=False, implementation="blockwise", block_size=4
+        ),
+        layouts=_BATCH_ATTENTION,
+        atol=1e-5,
+    ),
 )
 
 CASE_BY_ID = {c.id: c for c in CASES}
