@@ -338,8 +338,9 @@ def _blockwise_attention(
     cfg = _blockwise.Config(bq, bk, tq, tk, bool(is_causal), apply_dropout, broadcast_dropout, mode, precision)
     keep = mult = None
     if apply_dropout:
-        keep, mult = _keep_and_multiplier(rate, jnp.promote_types(dtype, jnp.float32))
-        keep, mult = jnp.asarray(keep), jnp.asarray(mult)
+        # Flax's multiplier, rounded to the input dtype, applied in the accumulation dtype.
+        keep, mult = _keep_and_multiplier(rate, dtype)
+        keep, mult = jnp.asarray(keep), jnp.asarray(mult).astype(jnp.promote_types(dtype, jnp.float32))
     out = _blockwise.attention(cfg, q, k, v, bias, mask, dropout_key, keep, mult)
     out = out[:, :, :, :tq].transpose(0, 3, 1, 2, 4)  # [B, Tq, Hk, G, Dv]
     return out.reshape((*batch, tq, hq, dv))
@@ -382,7 +383,7 @@ def dot_product_attention(
     is_causal: bool = False,
     *,
     implementation: Implementation = None,
-    block_size: int | tuple[int, int] = 512,
+    block_size: int | tuple[int, int] = 256,
     mode: Mode = "exact",
 ) -> jax.Array:
     r"""Dot-product attention with dropout on the weights; Flax's ``dot_product_attention``.

@@ -663,7 +663,7 @@ class MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
 
     attention_fn: Callable[..., jax.Array] = attention.dot_product_attention
     implementation: Implementation = None
-    block_size: int | tuple[int, int] = 512
+    block_size: int | tuple[int, int] = 256
     mode: Mode = "exact"
 
     def __post_init__(self) -> None:
@@ -676,7 +676,7 @@ class MultiHeadAttention(nn.MultiHeadAttention):
 
     attention_fn: Callable[..., jax.Array] = attention.dot_product_attention
     implementation: Implementation = None
-    block_size: int | tuple[int, int] = 512
+    block_size: int | tuple[int, int] = 256
     mode: Mode = "exact"
 
     def __post_init__(self) -> None:
@@ -689,7 +689,7 @@ class SelfAttention(nn.SelfAttention):
 
     attention_fn: Callable[..., jax.Array] = attention.dot_product_attention
     implementation: Implementation = None
-    block_size: int | tuple[int, int] = 512
+    block_size: int | tuple[int, int] = 256
     mode: Mode = "exact"
 
     def __post_init__(self) -> None:

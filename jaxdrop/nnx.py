@@ -824,7 +824,7 @@ class MultiHeadAttention(nnx.MultiHeadAttention):
         *args: Any,
         attention_fn: Any = attention.dot_product_attention,
         implementation: Implementation = None,
-        block_size: int | tuple[int, int] = 512,
+        block_size: int | tuple[int, int] = 256,
         mode: Mode = "exact",
         **kwargs: Any,
     ) -> None:
