@@ -61,6 +61,15 @@ class Config(NamedTuple):
     precision: Any
 
 
+def _full(like: jax.Array, shape: tuple[int, ...], value: float, dtype: Any) -> jax.Array:
+    """``full(shape, value)`` that varies over the same ``shard_map`` axes as ``like``.
+
+    Loop carries start from it: inside ``shard_map`` a constant initial carry would not
+    match the per-device values the loop body makes of it. ``like`` broadcasts to ``shape``.
+    """
+    return jnp.full(shape, value, dtype) + jnp.zeros_like(like, dtype)
+
+
 def _blocks(x: jax.Array, axis: int, size: int) -> jax.Array:
     """Split ``axis`` of ``x`` (a multiple of ``size``) into blocks, block index first."""
     n = x.shape[axis] // size
@@ -161,10 +170,11 @@ def _forward(
             pv = jnp.einsum("bhgqk,bhkd->bhgqd", pd, vj.astype(acc_t), precision=cfg.precision)
             return (m_new, norm, acc * corr[..., None] + pv), None
 
+        row = qi[..., 0]
         init = (
-            jnp.full((b, hk, g, bq), -jnp.inf, acc_t),
-            jnp.zeros((b, hk, g, bq), acc_t),
-            jnp.zeros((b, hk, g, bq, dv), acc_t),
+            _full(row, (b, hk, g, bq), -jnp.inf, acc_t),
+            _full(row, (b, hk, g, bq), 0.0, acc_t),
+            _full(qi[..., :1], (b, hk, g, bq, dv), 0.0, acc_t),
         )
         (m, norm, acc), _ = lax.scan(k_step, init, (jnp.arange(nk), kb, vb))
         # The softmax of row i is exp(s - m_i) / l_i; (m_i, 1 / l_i) are kept apart
@@ -239,14 +249,14 @@ def _attention_bwd(cfg: Config, res: Any, g_out: jax.Array) -> tuple[Any, ...]:
                 db_j = _reduce_like(ds, (*bias.shape[:3], bias_blk, 1 if bias.shape[4] == 1 else cfg.block_k))
             return dq, (dk_j, dv_j, db_j)
 
-        dq0 = jnp.zeros(qi.shape, acc_t)
+        dq0 = _full(qi, qi.shape, 0.0, acc_t)
         dq_i, (dk_i, dv_i, db_i) = lax.scan(k_step, dq0, (jnp.arange(nk), kb, vb))
         db_row = None
         if db_i is not None:
             db_row = _unblocks(db_i, 4) if bias.shape[4] > 1 else db_i.sum(0)
         return (dk + _unblocks(dk_i, 2), dv + _unblocks(dv_i, 2)), (dq_i, db_row)
 
-    init = (jnp.zeros(k.shape, acc_t), jnp.zeros(v.shape, acc_t))
+    init = (_full(k, k.shape, 0.0, acc_t), _full(v, v.shape, 0.0, acc_t))
     (dk, dv), (dq, dbias) = lax.scan(q_step, init, (jnp.arange(qb.shape[0]), qb, gb, stats, delta))
     dq = _unblocks(dq, 3).astype(q.dtype)
     if dbias is not None:
