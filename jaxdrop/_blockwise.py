@@ -41,7 +41,6 @@ from jax import lax
 from jaxdrop import prng
 
 
-
 def _acc(dtype: Any) -> Any:
     """The accumulation dtype: float32, or float64 for float64 inputs."""
     return jnp.promote_types(dtype, jnp.float32)

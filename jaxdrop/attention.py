@@ -454,6 +454,8 @@ def dot_product_attention(
         raise ValueError("qk_attn_weights_einsum and attn_weights_value_einsum must be specified together.")
     rate = _checks.probability(dropout_rate, _FN, "dropout_rate")
     apply_dropout = _dropout_active(rate, _checks.flag(deterministic, _FN))
+    broadcast_dropout = _checks.flag(broadcast_dropout, _FN, "broadcast_dropout")
+    is_causal = _checks.flag(is_causal, _FN, "is_causal")
     prng._rounds(mode)
     for name, arr in (("query", query), ("key", key), ("value", value)):
         if arr is None or not hasattr(jnp.asarray(arr), "dtype"):
@@ -547,8 +549,11 @@ def dot_product_attention_weights(
         raise ValueError(
             "precision/einsum_dot_general and einsum are mutually exclusive. Please specify only one of them."
         )
-    rate = _checks.probability(dropout_rate, _FN + "_weights", "dropout_rate")
-    apply_dropout = _dropout_active(rate, _checks.flag(deterministic, _FN + "_weights"))
+    fn = _FN + "_weights"
+    rate = _checks.probability(dropout_rate, fn, "dropout_rate")
+    apply_dropout = _dropout_active(rate, _checks.flag(deterministic, fn))
+    broadcast_dropout = _checks.flag(broadcast_dropout, fn, "broadcast_dropout")
+    is_causal = _checks.flag(is_causal, fn, "is_causal")
     prng._rounds(mode)
     query, key = _promote((query, key), dtype, promote_dtype)
     _check_shapes(query, key)

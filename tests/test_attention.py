@@ -38,13 +38,14 @@ KEY = jax.random.key(7)
 
 
 def _qkv(shape_q, shape_kv, dtype=jnp.float32, seed=0, v_depth=None):
-    ks = jax.random.split(jax.random.key(seed), 3)
+    # NumPy draws: jax.random would compile a sampler for every shape.
+    rng = np.random.default_rng(seed)
     v_shape = shape_kv if v_depth is None else (*shape_kv[:-1], v_depth)
-    return (
-        jax.random.normal(ks[0], shape_q, dtype),
-        jax.random.normal(ks[1], shape_kv, dtype),
-        jax.random.normal(ks[2], v_shape, dtype),
-    )
+    return tuple(jnp.asarray(rng.standard_normal(s, np.float32), dtype) for s in (shape_q, shape_kv, v_shape))
+
+
+def _normal(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
 
 
 def _padding_mask(batch, tq, tk, seed=1):
@@ -79,35 +80,46 @@ CASES = [
     ids=[f"{c[0]}-bcast={bd}" for c in CASES for bd in (True, False)] + ["bias+mask-rate0"],
 )
 def test_dense_bit_identical_to_linen(case, rate, broadcast_dropout):
-    """Outputs bit for bit; gradients to float32 rounding (XLA orders the backward's sums by fusion)."""
+    """Outputs bit for bit (gradients: two cases, below)."""
+    q, k, v, kw = _dense_case(case, rate, broadcast_dropout)
+    ours = functools.partial(jda.dot_product_attention, implementation="dense")
+    _bitwise_equal(
+        jax.jit(lambda q, k, v: nn.dot_product_attention(q, k, v, **kw))(q, k, v),
+        jax.jit(lambda q, k, v: ours(q, k, v, **kw))(q, k, v),
+    )
+
+
+def _dense_case(case, rate, broadcast_dropout):
     _, sq, skv, with_bias, with_mask, _ = case
     q, k, v = _qkv(sq, skv)
     target = (*sq[:-3], sq[-2], sq[-3], skv[-3])
-    bias = jax.random.normal(jax.random.key(3), (1,) * (len(target) - 3) + target[-3:]) if with_bias else None
+    bias = _normal((1,) * (len(target) - 3) + target[-3:], 3) if with_bias else None
     mask = None
     if with_mask:
         b = int(np.prod(sq[:-3]))
         mask = _padding_mask(b, sq[-3], skv[-3]).reshape((*sq[:-3], 1, sq[-3], skv[-3]))
-    kw = dict(bias=bias, mask=mask, broadcast_dropout=broadcast_dropout, dropout_rng=KEY, dropout_rate=rate)
+    return q, k, v, dict(bias=bias, mask=mask, broadcast_dropout=broadcast_dropout, dropout_rng=KEY, dropout_rate=rate)
+
+
+@pytest.mark.parametrize(("case", "broadcast_dropout"), [(CASES[0], False), (CASES[1], True)], ids=["plain", "bias+mask"])
+def test_dense_gradients_match_linen(case, broadcast_dropout):
+    """Gradients to float32 rounding (XLA orders the backward's sums by fusion); the default path too."""
+    q, k, v, kw = _dense_case(case, 0.1, broadcast_dropout)
+    ct = jnp.cos(jnp.arange(v.shape[-1]))
 
     def loss(fn, q, k, v):
-        return (fn(q, k, v, **kw) * jnp.cos(jnp.arange(v.shape[-1]))).sum()
+        return (fn(q, k, v, **kw) * ct).sum()
 
-    flax_fn = nn.dot_product_attention
     ours = functools.partial(jda.dot_product_attention, implementation="dense")
-    _bitwise_equal(
-        jax.jit(lambda q, k, v: flax_fn(q, k, v, **kw))(q, k, v), jax.jit(lambda q, k, v: ours(q, k, v, **kw))(q, k, v)
-    )
-    ga = jax.jit(jax.grad(functools.partial(loss, flax_fn), argnums=(0, 1, 2)))(q, k, v)
+    ga = jax.jit(jax.grad(functools.partial(loss, nn.dot_product_attention), argnums=(0, 1, 2)))(q, k, v)
     gb = jax.jit(jax.grad(functools.partial(loss, ours), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(ga, gb, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * float(jnp.abs(a).max()))
-    if rate > 0:  # the default takes the dense path while dropout is on
-        _bitwise_equal(nn.dot_product_attention(q, k, v, **kw), jda.dot_product_attention(q, k, v, **kw))
+    # The default takes the dense path while dropout is on (eager, op for op: bit for bit).
+    _bitwise_equal(nn.dot_product_attention(q, k, v, **kw), jda.dot_product_attention(q, k, v, **kw))
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("force_fp32", [False, True])
+@pytest.mark.parametrize(("dtype", "force_fp32"), [(jnp.bfloat16, False), (jnp.float16, True)])
 def test_dense_low_precision(dtype, force_fp32):
     """Op for op (eager) bit-identical; jitted within one ulp of Flax's jitted result.
 
@@ -125,16 +137,15 @@ def test_dense_low_precision(dtype, force_fp32):
     np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32), rtol=ulp, atol=ulp)
 
 
-@pytest.mark.parametrize("broadcast_dropout", [True, False])
-def test_dense_weights_bit_identical(broadcast_dropout):
+def test_dense_weights_bit_identical():
     q, k, _ = _qkv((3, 6, 2, 4), (3, 5, 2, 4))
-    kw = dict(dropout_rng=KEY, dropout_rate=0.3, broadcast_dropout=broadcast_dropout)
+    kw = dict(dropout_rng=KEY, dropout_rate=0.3, broadcast_dropout=False)
     _bitwise_equal(nn.dot_product_attention_weights(q, k, **kw), jda.dot_product_attention_weights(q, k, **kw))
+    kw = dict(dropout_rng=KEY, dropout_rate=0.3, is_causal=True)
     _bitwise_equal(nnx_weights(q, k, **kw), jda.dot_product_attention_weights(q, k, **kw))
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize(("kv_heads", "causal"), [(4, False), (2, True), (1, True)])
 def test_nnx_gqa_and_causal_bit_identical(kv_heads, causal):
     q, k, v = _qkv((2, 7, 4, 8), (2, 7, kv_heads, 8))
     mask = _padding_mask(2, 7, 7)
@@ -170,10 +181,10 @@ def test_no_dropout_uses_fused_attention_with_flax_numerics():
 def test_rate_one_gives_zeros_not_nan():
     q, k, v = _qkv((2, 5, 2, 4), (2, 5, 2, 4))
     for impl in ("dense", "blockwise"):
-        out = jda.dot_product_attention(q, k, v, dropout_rng=KEY, dropout_rate=1.0, implementation=impl)
-        assert out.dtype == q.dtype and not np.asarray(out).any()
         f = functools.partial(jda.dot_product_attention, dropout_rng=KEY, dropout_rate=1.0, implementation=impl)
-        g = jax.grad(lambda q, f=f: f(q, k, v).sum())(q)
+        out = jax.jit(f)(q, k, v)
+        assert out.dtype == q.dtype and not np.asarray(out).any()
+        g = jax.jit(jax.grad(lambda q, f=f: f(q, k, v).sum()))(q)
         assert np.isfinite(np.asarray(g)).all() and not np.asarray(g).any()
 
 
@@ -184,7 +195,7 @@ def test_mask_is_regenerated_not_stored():
     dropout multiplier on top; jaxdrop's dense path saves what it saves without dropout;
     blockwise saves no array of that shape at all.
     """
-    q = jax.random.normal(KEY, (2, 16, 2, 8))
+    q = _normal((2, 16, 2, 8), 0)
 
     def saved(fn, rate):
         _, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, dropout_rng=KEY, dropout_rate=rate, broadcast_dropout=False), q, q, q)
@@ -193,27 +204,27 @@ def test_mask_is_regenerated_not_stored():
     dense = functools.partial(jda.dot_product_attention, implementation="dense")
     assert saved(nn.dot_product_attention, 0.1) > saved(nn.dot_product_attention, 0.0)  # the check can fail
     assert saved(dense, 0.1) == saved(dense, 0.0) == saved(nn.dot_product_attention, 0.0)
-    assert saved(_blockwise(4), 0.1) == 0
+    assert saved(functools.partial(jda.dot_product_attention, implementation="blockwise", block_size=4), 0.1) == 0
 
 
 # ------------------------------------------------------------------ blockwise vs dense
 
 
 def _blockwise(block=(4, 8), **kw):
-    return functools.partial(jda.dot_product_attention, implementation="blockwise", block_size=block, **kw)
+    """Jitted blockwise attention with ``kw`` bound (eager scans would dispatch op by op)."""
+    return jax.jit(functools.partial(jda.dot_product_attention, implementation="blockwise", block_size=block, **kw))
 
 
-@pytest.mark.parametrize("broadcast_dropout", [True, False])
-@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize(("kv_heads", "broadcast_dropout"), [(4, True), (2, False)])
 def test_blockwise_applies_flax_mask_exactly(broadcast_dropout, kv_heads):
     """value = identity: the output is the dropped weight matrix, zero exactly where Flax's is."""
     b, tq, tk, h = 2, 11, 13, 4
-    q = jax.random.normal(jax.random.key(0), (b, tq, h, 8))
-    k = jax.random.normal(jax.random.key(1), (b, tk, kv_heads, 8))
+    q = _normal((b, tq, h, 8), 0)
+    k = _normal((b, tk, kv_heads, 8), 1)
     v = jnp.broadcast_to(jnp.eye(tk)[None, :, None, :], (b, tk, kv_heads, tk))
     kw = dict(dropout_rng=KEY, dropout_rate=0.4, broadcast_dropout=broadcast_dropout)
     ref = nnx_weights(q, k, **kw)  # [b, h, tq, tk]
-    got = jnp.moveaxis(_blockwise()(q, k, v, **kw), 2, 1)  # [b, tq, h, tk] -> [b, h, tq, tk]
+    got = jnp.moveaxis(_blockwise(**kw)(q, k, v), 2, 1)  # [b, tq, h, tk] -> [b, h, tq, tk]
     np.testing.assert_array_equal(np.asarray(got) == 0, np.asarray(ref) == 0)
     assert 0.3 < float((np.asarray(ref) == 0).mean()) < 0.5
     np.testing.assert_allclose(got, ref, atol=2e-6)
@@ -229,17 +240,20 @@ BLOCK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("rate", [0.0, 0.25])
-@pytest.mark.parametrize("case", BLOCK_CASES, ids=[c[0] for c in BLOCK_CASES])
+@pytest.mark.parametrize(
+    ("case", "rate"),
+    [(c, 0.25) for c in BLOCK_CASES] + [(BLOCK_CASES[1], 0.0)],
+    ids=[c[0] for c in BLOCK_CASES] + ["padded-rate0"],
+)
 def test_blockwise_matches_dense_forward_and_gradients(case, rate):
     _, sq, skv, bias_shape, with_mask, causal, block = case
     q, k, v = _qkv(sq, skv)
-    bias = None if bias_shape is None else jax.random.normal(jax.random.key(5), bias_shape)
+    bias = None if bias_shape is None else _normal(bias_shape, 5)
     mask = _padding_mask(sq[0], sq[1], skv[1]) if with_mask else None
     kw = dict(mask=mask, dropout_rng=KEY, dropout_rate=rate, broadcast_dropout=False, is_causal=causal)
     dense = functools.partial(jda.dot_product_attention, implementation="dense", **kw)
     blk = _blockwise(block, **kw)
-    ct = jax.random.normal(jax.random.key(9), (*sq[:-1], skv[-1]))
+    ct = _normal((*sq[:-1], skv[-1]), 9)
 
     def loss(fn, q, k, v, bias):
         return (fn(q, k, v, bias=bias) * ct).sum()
@@ -274,7 +288,7 @@ def test_blockwise_check_grads():
     """Numerical derivatives (float64) of the custom_vjp, dropout on, through bias too."""
     with jax.enable_x64(True):
         q, k, v = (x.astype(jnp.float64) for x in _qkv((1, 5, 2, 3), (1, 6, 2, 3)))
-        bias = jax.random.normal(jax.random.key(2), (1, 2, 5, 6), jnp.float64)
+        bias = _normal((1, 2, 5, 6), 2).astype(jnp.float64)
         mask = _padding_mask(1, 5, 6, seed=4)
         f = _blockwise((2, 4), mask=mask, dropout_rng=KEY, dropout_rate=0.3, broadcast_dropout=False)
         check_grads(lambda q, k, v, b: f(q, k, v, bias=b), (q, k, v, bias), order=1,
@@ -332,9 +346,10 @@ def test_vmap_over_keys_and_scan_over_layers(impl):
     q, k, v = _qkv((2, 8, 2, 4), (2, 8, 2, 4))
     f = functools.partial(jda.dot_product_attention, dropout_rate=0.3, implementation=impl, block_size=4)
     keys = jax.random.split(KEY, 3)
-    batched = jax.vmap(lambda key: f(q, k, v, dropout_rng=key))(keys)
+    one = jax.jit(lambda key: f(q, k, v, dropout_rng=key))
+    batched = jax.jit(jax.vmap(one))(keys)
     for i in range(3):
-        np.testing.assert_allclose(batched[i], f(q, k, v, dropout_rng=keys[i]), atol=1e-6)
+        np.testing.assert_allclose(batched[i], one(keys[i]), atol=1e-6)
     assert not np.allclose(batched[0], batched[1])
 
     def layer(x, key):
@@ -343,11 +358,13 @@ def test_vmap_over_keys_and_scan_over_layers(impl):
     def model(x):
         return lax.scan(layer, x, keys)[0].sum()
 
+    def unrolled(x):
+        for i in range(len(keys)):
+            x = x + f(x, x, x, dropout_rng=keys[i])
+        return x.sum()
+
     g = jax.jit(jax.grad(model))(q)
-    x = q
-    for key in keys:  # the same as an unrolled loop
-        x = x + f(x, x, x, dropout_rng=key)
-    np.testing.assert_allclose(jax.jit(model)(q), x.sum(), rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(model)(q), jax.jit(unrolled)(q), rtol=1e-5)
     assert np.isfinite(np.asarray(g)).all()
 
 
@@ -374,7 +391,7 @@ def test_blockwise_memory_is_linear_in_length():
 
 
 def test_linen_layer_swap_keeps_params_and_output():
-    x = jax.random.normal(jax.random.key(1), (2, 7, 16))
+    x = _normal((2, 7, 16), 1)
     cfg = dict(num_heads=4, dropout_rate=0.2, deterministic=False)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     from jaxdrop import linen as jdl
@@ -390,7 +407,7 @@ def test_linen_layer_swap_keeps_params_and_output():
 
 
 def test_nnx_layer_swap_keeps_state_and_output():
-    x = jax.random.normal(jax.random.key(1), (2, 7, 16))
+    x = _normal((2, 7, 16), 1)
     from jaxdrop import nnx as jdn
 
     kw = dict(num_heads=4, in_features=16, num_kv_heads=2, dropout_rate=0.2, decode=False)
@@ -424,6 +441,8 @@ def test_nnx_layer_swap_keeps_state_and_output():
         ({"mask": jnp.ones((3, 1, 5, 5), bool)}, None, ValueError, "does not broadcast"),
         ({"bias": jnp.ones((5, 4))}, None, ValueError, "does not broadcast"),
         ({"deterministic": "yes"}, None, TypeError, "deterministic"),
+        ({"broadcast_dropout": None}, None, TypeError, "broadcast_dropout"),
+        ({"is_causal": 1}, None, TypeError, "is_causal"),
         ({"mode": "quick", "dropout_rng": KEY, "dropout_rate": 0.1}, None, ValueError, "mode"),
     ],
 )
@@ -432,6 +451,13 @@ def test_bad_input_raises_clear_error(kwargs, shapes, error, match):
     q, k, v = (jnp.ones(s) for s in shapes)
     with pytest.raises(error, match=match):
         jda.dot_product_attention(q, k, v, **kwargs)
+
+
+def test_traced_flags_get_a_clear_error():
+    q = jnp.ones((2, 5, 2, 4))
+    f = jax.jit(lambda bd: jda.dot_product_attention(q, q, q, dropout_rng=KEY, dropout_rate=0.1, broadcast_dropout=bd))
+    with pytest.raises(TypeError, match="broadcast_dropout.*static"):
+        f(True)
 
 
 def test_blockwise_refuses_custom_einsums():
