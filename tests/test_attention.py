@@ -456,7 +456,7 @@ def test_bad_input_raises_clear_error(kwargs, shapes, error, match):
 def test_traced_flags_get_a_clear_error():
     q = jnp.ones((2, 5, 2, 4))
     f = jax.jit(lambda bd: jda.dot_product_attention(q, q, q, dropout_rng=KEY, dropout_rate=0.1, broadcast_dropout=bd))
-    with pytest.raises(TypeError, match="broadcast_dropout.*static"):
+    with pytest.raises(TypeError, match=r"broadcast_dropout.*static"):
         f(True)
 
 
