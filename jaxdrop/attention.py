@@ -33,7 +33,7 @@ layers. Three implementations:
     :func:`jax.nn.dot_product_attention` (XLA; cuDNN on GPU through JAX where it
     applies), with Flax's masking semantics and float32 softmax; it falls back to
     ``"dense"`` where that function cannot express the call (``module`` given to sow
-    weights, ``precision``, custom einsums).
+    weights, ``precision``, custom einsums, complex inputs).
 
 Shapes: ``query [batch..., q_length, num_heads, depth]``, ``key [batch..., kv_length,
 num_kv_heads, depth]``, ``value [batch..., kv_length, num_kv_heads, v_depth]``; output
@@ -109,9 +109,11 @@ def _check_shapes(query: jax.Array, key: jax.Array, value: jax.Array | None = No
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(f"q, k depths must match, but got {query.shape[-1]} and {key.shape[-1]}.")
     if query.shape[-2] % key.shape[-2]:
+        hq, hk = query.shape[-2], key.shape[-2]
+        # Both of Flax's phrasings (its dense path's and jax.nn's, which nnx calls at rate 0).
         raise ValueError(
-            f"Query heads ({query.shape[-2]}) must be multiple of Key heads ({key.shape[-2]}) "
-            "for Grouped Query Attention."
+            f"Query heads ({hq}) must be multiple of Key heads ({hk}) for Grouped Query Attention: "
+            f"the number of query heads must be a multiple of key/value heads, but got {hq} vs {hk}."
         )
     if value is not None:
         if key.shape[-3] != value.shape[-3]:
@@ -470,7 +472,13 @@ def dot_product_attention(
     dropout_key = _dropout_key(dropout_rng) if apply_dropout else None
     custom = qk_attn_weights_einsum is not None or einsum_dot_general is not None
 
+    real = bool(jnp.issubdtype(query.dtype, jnp.floating))
     if implementation == "blockwise":
+        if not real:
+            raise ValueError(
+                f"jaxdrop.{_FN}: implementation='blockwise' needs real floating-point inputs, got "
+                f"{query.dtype}; use implementation='dense' for complex attention."
+            )
         if custom:
             raise ValueError(
                 f"jaxdrop.{_FN}: implementation='blockwise' computes its own blocked products; custom "
@@ -488,7 +496,8 @@ def dot_product_attention(
             is_causal, precision, block, mode,
         )  # fmt: skip
 
-    if implementation is None and not apply_dropout and module is None and precision is None and not custom:
+    fusable = real and module is None and precision is None and not custom
+    if implementation is None and not apply_dropout and fusable:
         return _fused(query, key, value, bias, mask, is_causal)
 
     weights_args = dict(

@@ -51,8 +51,9 @@ and the same rngs, and must give Flax's output bit for bit, in decode (cache) mo
 with the cache identical after every step; the variable trees the two initialise must
 be identical.
 
-Two jaxdrop bugs found by the port are marked ``xfail(strict=True)`` (``GQA_MESSAGE_BUG``,
-``COMPLEX_BUG``): remove the mark to see them fail.
+The port found two jaxdrop bugs, fixed and covered here: the grouped-query head error did
+not match the message of nnx's fused path, and complex inputs took the fused path, which
+drops imaginary parts (they now run densely; blockwise refuses them).
 """
 
 from __future__ import annotations
@@ -131,22 +132,6 @@ NNX_DPA3 = pytest.mark.parametrize("dot_product_attention", NNX_DPA_LIST, ids=ID
 
 # A jaxdrop bug found by these tests, expected to fail until fixed (see the report that
 # came with this file); strict, so the test reports when the fix lands.
-GQA_MESSAGE_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="jaxdrop bug: for grouped-query heads that do not divide, Flax nnx's default (rate 0) "
-    "call raises jax.nn.dot_product_attention's 'must be a multiple of key/value heads'; "
-    "jaxdrop raises 'must be multiple of Key heads', which Flax's test regex does not match",
-)
-COMPLEX_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="jaxdrop bug: complex inputs on the default no-dropout path (jax.nn.dot_product_attention) "
-    "are cast to real (imaginary parts discarded, only a DeprecationWarning); Flax linen and 'dense' "
-    "compute in complex",
-)
-
-
 # ---------------------------------------------------------------------- helpers
 
 
@@ -1047,7 +1032,7 @@ def test_nnx_gqa_shapes(dot_product_attention):
 # TestGQADotProductAttention.test_gqa_invalid_heads
 @pytest.mark.parametrize(
     "dot_product_attention",
-    [NNX_DPA_LIST[0], *(pytest.param(f, marks=GQA_MESSAGE_BUG) for f in NNX_DPA_LIST[1:])],
+    NNX_DPA_LIST,
     ids=IDS3,
 )
 def test_nnx_gqa_invalid_heads(dot_product_attention):
@@ -1223,7 +1208,7 @@ def test_linen_layer_matches_flax(name, rate, implementation, broadcast_dropout,
 # Extends test_dtype_infer, which checks only the output dtype, with the values.
 @pytest.mark.parametrize(
     "implementation",
-    [pytest.param(None, marks=COMPLEX_BUG), "dense", "blockwise"],
+    [None, "dense", "blockwise"],
     ids=["default", "dense", "blockwise"],
 )
 def test_linen_complex_matches_flax(implementation):
@@ -1241,13 +1226,11 @@ def test_linen_complex_matches_flax(implementation):
     )
     yf, v = nn.MultiHeadDotProductAttention(**kwargs).init_with_output(random.key(0), x)
     jd = jdl.MultiHeadDotProductAttention(**kwargs, implementation=implementation, block_size=BLOCK)
-    try:
-        out = jd.apply(v, x)
-    except (ValueError, TypeError):
-        if implementation != "blockwise":
-            raise
+    if implementation == "blockwise":
+        with pytest.raises(ValueError, match="real floating-point"):
+            jd.apply(v, x)
         return
-    assert_matches_flax(yf, out, implementation, dropout=False)
+    assert_matches_flax(yf, jd.apply(v, x), implementation, dropout=False)
 
 
 LINEN_DECODE_CASES = [(0.3, None), (0.3, "blockwise"), (0.0, None), (0.0, "dense")]
