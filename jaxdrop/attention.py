@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +133,52 @@ def _check_broadcast(x: Any, name: str, target: tuple[int, ...]) -> jax.Array:
             f"weights' shape [batch..., num_heads, q_length, kv_length] = {target}."
         )
     return x
+
+
+class _Arguments(NamedTuple):
+    arrays: list[jax.Array]  # query, key[, value], promoted to one dtype
+    bias: jax.Array | None
+    mask: jax.Array | None
+    rate: float | jax.Array
+    apply_dropout: bool
+    dropout_key: jax.Array | None
+    broadcast_dropout: bool
+    is_causal: bool
+
+
+def _arguments(
+    fn: str,
+    arrays: dict[str, Any],
+    bias: Any,
+    mask: Any,
+    rate: Any,
+    deterministic: Any,
+    broadcast_dropout: Any,
+    is_causal: Any,
+    dropout_rng: Any,
+    dtype: Any,
+    promote_dtype: Callable[..., Any] | None,
+    mode: Any,
+) -> _Arguments:
+    """Validate the arguments both public functions share; raise what was wrong and how to fix it."""
+    rate = _checks.probability(rate, fn, "dropout_rate")
+    apply_dropout = _dropout_active(rate, _checks.flag(deterministic, fn))
+    broadcast_dropout = _checks.flag(broadcast_dropout, fn, "broadcast_dropout")
+    is_causal = _checks.flag(is_causal, fn, "is_causal")
+    prng._rounds(mode)
+    for name, arr in arrays.items():
+        if arr is None:
+            raise TypeError(f"jaxdrop.{fn}: `{name}` must be an array, got None.")
+    promoted = _promote(tuple(arrays.values()), dtype, promote_dtype)
+    _check_shapes(*promoted)
+    query, key = promoted[:2]
+    target = (*query.shape[:-3], query.shape[-2], query.shape[-3], key.shape[-3])
+    if bias is not None:
+        bias = _check_broadcast(bias, "bias", target)
+    if mask is not None:
+        mask = _check_broadcast(mask, "mask", target)
+    dropout_key = _dropout_key(dropout_rng) if apply_dropout else None
+    return _Arguments(promoted, bias, mask, rate, apply_dropout, dropout_key, broadcast_dropout, is_causal)
 
 
 def _dropout_active(rate: Any, deterministic: bool) -> bool:
@@ -454,22 +500,13 @@ def dot_product_attention(
         )
     if (qk_attn_weights_einsum is None) != (attn_weights_value_einsum is None):
         raise ValueError("qk_attn_weights_einsum and attn_weights_value_einsum must be specified together.")
-    rate = _checks.probability(dropout_rate, _FN, "dropout_rate")
-    apply_dropout = _dropout_active(rate, _checks.flag(deterministic, _FN))
-    broadcast_dropout = _checks.flag(broadcast_dropout, _FN, "broadcast_dropout")
-    is_causal = _checks.flag(is_causal, _FN, "is_causal")
-    prng._rounds(mode)
-    for name, arr in (("query", query), ("key", key), ("value", value)):
-        if arr is None or not hasattr(jnp.asarray(arr), "dtype"):
-            raise TypeError(f"jaxdrop.{_FN}: `{name}` must be an array, got {arr!r}.")
-    query, key, value = _promote((query, key, value), dtype, promote_dtype)
-    _check_shapes(query, key, value)
-    target = (*query.shape[:-3], query.shape[-2], query.shape[-3], key.shape[-3])
-    if bias is not None:
-        bias = _check_broadcast(bias, "bias", target)
-    if mask is not None:
-        mask = _check_broadcast(mask, "mask", target)
-    dropout_key = _dropout_key(dropout_rng) if apply_dropout else None
+    args = _arguments(
+        _FN, {"query": query, "key": key, "value": value}, bias, mask, dropout_rate, deterministic,
+        broadcast_dropout, is_causal, dropout_rng, dtype, promote_dtype, mode,
+    )  # fmt: skip
+    (query, key, value), bias, mask = args.arrays, args.bias, args.mask
+    rate, apply_dropout, dropout_key = args.rate, args.apply_dropout, args.dropout_key
+    broadcast_dropout, is_causal = args.broadcast_dropout, args.is_causal
     custom = qk_attn_weights_einsum is not None or einsum_dot_general is not None
 
     real = bool(jnp.issubdtype(query.dtype, jnp.floating))
@@ -558,21 +595,12 @@ def dot_product_attention_weights(
         raise ValueError(
             "precision/einsum_dot_general and einsum are mutually exclusive. Please specify only one of them."
         )
-    fn = _FN + "_weights"
-    rate = _checks.probability(dropout_rate, fn, "dropout_rate")
-    apply_dropout = _dropout_active(rate, _checks.flag(deterministic, fn))
-    broadcast_dropout = _checks.flag(broadcast_dropout, fn, "broadcast_dropout")
-    is_causal = _checks.flag(is_causal, fn, "is_causal")
-    prng._rounds(mode)
-    query, key = _promote((query, key), dtype, promote_dtype)
-    _check_shapes(query, key)
-    target = (*query.shape[:-3], query.shape[-2], query.shape[-3], key.shape[-3])
-    if bias is not None:
-        bias = _check_broadcast(bias, "bias", target)
-    if mask is not None:
-        mask = _check_broadcast(mask, "mask", target)
-    dropout_key = _dropout_key(dropout_rng) if apply_dropout else None
+    a = _arguments(
+        _FN + "_weights", {"query": query, "key": key}, bias, mask, dropout_rate, deterministic,
+        broadcast_dropout, is_causal, dropout_rng, dtype, promote_dtype, mode,
+    )  # fmt: skip
+    query, key = a.arrays
     return _weights(
-        query, key, bias, mask, broadcast_dropout, dropout_key, rate, apply_dropout, module,
-        force_fp32_for_softmax, is_causal, einsum or _einsum(precision, einsum_dot_general), mode,
+        query, key, a.bias, a.mask, a.broadcast_dropout, a.dropout_key, a.rate, a.apply_dropout, module,
+        force_fp32_for_softmax, a.is_causal, einsum or _einsum(precision, einsum_dot_general), mode,
     )  # fmt: skip
