@@ -96,7 +96,7 @@ def _slice(x: jax.Array | None, i: Any, j: Any, cfg: Config) -> jax.Array | None
 def _scores(
     cfg: Config, qi: jax.Array, kj: jax.Array, bias: Any, mask: Any, i: Any, j: Any
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Logits of block (i, j) in float32, masked as Flax masks them, and where they are valid.
+    """Logits of block (i, j) in the accumulation dtype, masked as Flax masks them, and where valid.
 
     Masked entries (``mask`` False or above the causal diagonal) get the most negative
     float, as in Flax, so a row with every key masked becomes a uniform softmax.
