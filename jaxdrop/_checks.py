@@ -150,7 +150,7 @@ def checked(fn: Callable[..., T]) -> Callable[..., tuple[checkify.Error, T]]:
     return wrapper
 
 
-# -- helpers for the dropout variants (issue 4) --
+# -- helpers for the dropout variants --
 
 
 def below_one(rate: float | jax.Array, fn: str, reason: str, name: str = "rate") -> float | jax.Array:

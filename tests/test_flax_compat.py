@@ -1,4 +1,4 @@
-"""Flax compatibility of the drop-in layers ``jaxdrop.linen.Dropout`` and ``jaxdrop.nnx.Dropout`` (issue 5).
+"""Flax compatibility of the drop-in layers ``jaxdrop.linen.Dropout`` and ``jaxdrop.nnx.Dropout``.
 
 Two parts:
 
