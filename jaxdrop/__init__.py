@@ -10,15 +10,16 @@ default, and regenerated rather than stored for the backward pass.
 """
 
 from jaxdrop import attention, mc, prng, schedules
-from jaxdrop._channel import channel_dropout
 from jaxdrop._checks import checked
-from jaxdrop._concrete import concrete_dropout, concrete_dropout_regularizer
-from jaxdrop._depth import drop_path, stochastic_depth_rates
-from jaxdrop._dropblock import dropblock, dropblock_gamma, dropblock_mask
-from jaxdrop._dropconnect import dropconnect, dropconnect_dense
-from jaxdrop._dropout import dropout, keep_mask
-from jaxdrop._noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, gaussian_noise
-from jaxdrop._recurrent import embedding_dropout, locked_dropout, zoneout
+from jaxdrop._variants._alpha import alpha_dropout, feature_alpha_dropout
+from jaxdrop._variants._channel import channel_dropout
+from jaxdrop._variants._concrete import concrete_dropout, concrete_dropout_regularizer
+from jaxdrop._variants._depth import drop_path, stochastic_depth_rates
+from jaxdrop._variants._dropblock import dropblock, dropblock_gamma, dropblock_mask
+from jaxdrop._variants._dropconnect import dropconnect, dropconnect_dense
+from jaxdrop._variants._dropout import dropout, keep_mask
+from jaxdrop._variants._gaussian import gaussian_dropout, gaussian_noise
+from jaxdrop._variants._recurrent import embedding_dropout, locked_dropout, zoneout
 from jaxdrop.schedules import curriculum_schedule, early_dropout_schedule, late_dropout_schedule
 
 __version__ = "0.1.0"

@@ -39,6 +39,7 @@ import numpy as np
 from jax import lax
 
 from jaxdrop import prng
+from jaxdrop.prng import Mode
 
 
 def _acc(dtype: Any) -> Any:
@@ -56,7 +57,7 @@ class Config(NamedTuple):
     causal: bool
     dropout: bool
     broadcast_dropout: bool
-    mode: str
+    mode: Mode
     precision: Any
 
 
@@ -135,7 +136,7 @@ def _multiplier(
     # block of a padded length reaches past the global shape, and its out-of-range
     # rows and columns (discarded rows, zero-weight keys) get bits that are never used.
     offset = (0, 0, 0, i * cfg.block_q, j * cfg.block_k)
-    kept = prng.bernoulli(key, keep, bshape, mode=cfg.mode, global_shape=gshape, index_offset=offset)  # type: ignore[arg-type]
+    kept = prng.bernoulli(key, keep, bshape, mode=cfg.mode, global_shape=gshape, index_offset=offset)
     return jnp.where(kept, mult, jnp.zeros((), mult.dtype))
 
 

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrop import _blockwise, _checks, prng
-from jaxdrop._dropout import _mask_dtype, apply_mask
+from jaxdrop._core import apply_mask, mask_dtype
 from jaxdrop.prng import Mode
 
 __all__ = ["Implementation", "dot_product_attention", "dot_product_attention_weights"]
@@ -165,7 +165,7 @@ def _arguments(
     apply_dropout = _dropout_active(rate, _checks.flag(deterministic, fn))
     broadcast_dropout = _checks.flag(broadcast_dropout, fn, "broadcast_dropout")
     is_causal = _checks.flag(is_causal, fn, "is_causal")
-    prng._rounds(mode)
+    _checks.mode(mode, fn)
     for name, arr in arrays.items():
         if arr is None:
             raise TypeError(f"jaxdrop.{fn}: `{name}` must be an array, got None.")
@@ -205,7 +205,7 @@ def _keep_and_multiplier(rate: float | jax.Array, dtype: Any) -> tuple[Any, Any]
         # keep.astype(dtype) / jnp.asarray(keep_prob, dtype): the reciprocal rounded in dtype.
         # At rate 1 Flax's multiplier is 0/0 (NaN weights); every weight is dropped, so 0.
         mult = np.asarray(1, dtype) / np.asarray(keep, dtype) if keep > 0 else np.zeros((), dtype)
-        return np.asarray(keep, _mask_dtype()), mult
+        return np.asarray(keep, mask_dtype()), mult
     mult = jnp.where(keep > 0, 1 / jnp.where(keep > 0, keep, 1), 0)
     return keep, mult.astype(dtype)
 

@@ -69,8 +69,8 @@ from flax.linen.module import merge_param
 
 import jaxdrop
 from jaxdrop import attention
-from jaxdrop._concrete import rate_logit
 from jaxdrop._flax import bind_attention, flax_broadcast_dims, is_one, is_zero
+from jaxdrop._variants._concrete import rate_logit
 from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
 

@@ -56,8 +56,8 @@ from flax.nnx.nn.linear import default_embed_init, default_kernel_init
 
 import jaxdrop
 from jaxdrop import attention
-from jaxdrop._concrete import rate_logit
 from jaxdrop._flax import bind_attention, flax_broadcast_dims, is_one, is_zero
+from jaxdrop._variants._concrete import rate_logit
 from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
 

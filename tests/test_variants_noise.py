@@ -46,7 +46,7 @@ def assert_mean_and_variance(y: np.ndarray, mean: float, var: float, mean_var: f
 
 def test_alpha_coefficients_match_the_reference_table():
     # a = ((1 - r)(1 + r alpha'^2))^-1/2 and b = -a r alpha'; values from the reference notes.
-    from jaxdrop._noise import alpha_coefficients
+    from jaxdrop._variants._alpha import alpha_coefficients
 
     table = {0.05: (0.9548444760, 0.0839355722), 0.10: (0.9212845161, 0.1619709701),
              0.20: (0.8789035834, 0.3090399621), 0.50: (0.8864048947, 0.7791939305)}  # fmt: skip

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrop import _checks, prng
-from jaxdrop._dropout import mask_shape
+from jaxdrop._core import mask_shape
 from jaxdrop.prng import Mode
 
 __all__ = ["concrete_dropout", "concrete_dropout_regularizer"]
@@ -26,13 +26,6 @@ def _logit_array(p_logit: Any, fn: str) -> jax.Array:
             f"got {logit}."
         )
     return logit
-
-
-def _positive(value: Any, fn: str, name: str) -> float | jax.Array:
-    v = _checks.nonnegative(value, fn, name)
-    if isinstance(v, float) and v == 0.0:
-        raise ValueError(f"jaxdrop.{fn}: `{name}` must be > 0, got 0.")
-    return v
 
 
 def rate_logit(rate: float, fn: str) -> float:
@@ -106,10 +99,10 @@ def concrete_dropout(
     key = prng.as_key(key, fn=fn, signature="key, x, p_logit")
     x = _checks.float_array(x, fn)
     logit = _logit_array(p_logit, fn)
-    t = _positive(temperature, fn, "temperature")
+    t = _checks.positive(temperature, fn, "temperature")
     eps_ = _checks.nonnegative(eps, fn, "eps")
     dims = _checks.axes(broadcast_dims, x.ndim, fn)
-    prng._rounds(mode)
+    mode = _checks.mode(mode, fn)
     shape = mask_shape(x.shape, dims)
     try:
         bshape = jnp.broadcast_shapes(logit.shape, shape)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxdrop import _checks, prng
-from jaxdrop._dropout import _mask_dtype, apply_mask, masked_scale
+from jaxdrop._core import apply_mask, mask_dtype, masked_scale, short_circuit
 from jaxdrop.prng import Mode
 
 __all__ = ["drop_path", "stochastic_depth_rates"]
@@ -80,20 +79,19 @@ def drop_path(
     rate = _checks.probability(rate, fn)
     if x.ndim < 1:
         raise ValueError(f"jaxdrop.{fn}: `x` must have a batch axis (rank >= 1), got a scalar.")
-    if isinstance(batch_axis, (bool, np.bool_)) or not isinstance(batch_axis, (int, np.integer)):
-        raise TypeError(f"jaxdrop.{fn}: `batch_axis` must be an int axis, got {batch_axis!r}.")
-    batch = _checks.axes((int(batch_axis),), x.ndim, fn, "batch_axis")[0]
+    batch = _checks.optional_axis(batch_axis, x.ndim, fn, "batch_axis")
+    if batch is None:
+        raise TypeError(f"jaxdrop.{fn}: `batch_axis` must be an int axis, got None.")
     scale = _checks.flag(scale_by_keep, fn, "scale_by_keep")
     whole = _checks.flag(batch_wise, fn, "batch_wise")
-    prng._rounds(mode)
-    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0):
-        return x
-    if isinstance(rate, float) and rate == 1.0:
-        return jnp.zeros_like(x)
+    mode = _checks.mode(mode, fn)
+    trivial = short_circuit(x, rate, _checks.flag(deterministic, fn))
+    if trivial is not None:
+        return trivial
     shape = tuple(s if (d == batch and not whole) else 1 for d, s in enumerate(x.shape))
     if scale:
         return masked_scale(key, x, rate, shape, mode)
-    keep = np.asarray(1.0 - rate, _mask_dtype()) if isinstance(rate, float) else 1.0 - rate
+    keep = np.asarray(1.0 - rate, mask_dtype()) if isinstance(rate, float) else 1.0 - rate
     return apply_mask(key, x, keep, np.ones((), x.dtype), shape, mode)
 
 

@@ -13,8 +13,7 @@ import numpy as np
 from jax import lax
 
 from jaxdrop import _checks, prng
-from jaxdrop._channel import feature_axes
-from jaxdrop._dropout import _mask_dtype
+from jaxdrop._core import feature_axes, mask_dtype, short_circuit
 from jaxdrop.prng import Mode
 
 __all__ = ["dropblock", "dropblock_mask", "dropblock_gamma"]
@@ -121,15 +120,15 @@ def dropblock_mask(
     """
     fn = "dropblock_mask"
     key = prng.as_key(key, fn=fn, signature="key, shape, rate")
-    shape = tuple(int(s) for s in shape)
+    shape = _checks.shape(shape, fn)
     rate = _checks.probability(rate, fn)
     bs = _checks.integer(block_size, fn, "block_size", minimum=1)
     _, _, spatial = _spatial_axes(shape, channel_axis, batch_axis, fn)
-    prng._rounds(mode)
+    mode = _checks.mode(mode, fn)
     if math.prod(shape) == 0:
         return jnp.ones(shape, bool)
     gamma = dropblock_gamma(rate, [shape[d] for d in spatial], bs)
-    p = np.asarray(gamma, _mask_dtype()) if isinstance(gamma, float) else gamma
+    p = np.asarray(gamma, mask_dtype()) if isinstance(gamma, float) else gamma
     return _jit_keep_mask(key, shape, p, bs, spatial, mode)
 
 
@@ -232,13 +231,14 @@ def dropblock(
     bs = _checks.integer(block_size, fn, "block_size", minimum=1)
     _, batch, spatial = _spatial_axes(x.shape, channel_axis, batch_axis, fn)
     eps_ = _checks.nonnegative(eps, fn, "eps")
-    prng._rounds(mode)
-    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0) or x.size == 0:
+    mode = _checks.mode(mode, fn)
+    trivial = short_circuit(x, rate, _checks.flag(deterministic, fn))
+    if trivial is not None:
+        return trivial
+    if x.size == 0:
         return x
-    if isinstance(rate, float) and rate == 1.0:
-        return jnp.zeros_like(x)
     gamma = dropblock_gamma(rate, [x.shape[d] for d in spatial], bs)
-    p = np.asarray(gamma, _mask_dtype()) if isinstance(gamma, float) else gamma
+    p = np.asarray(gamma, mask_dtype()) if isinstance(gamma, float) else gamma
     e = np.asarray(eps_, np.float32) if isinstance(eps_, float) else eps_.astype(jnp.float32)
     # Checkpointed: the backward pass regenerates the mask from the key instead of storing it.
     y = jax.checkpoint(_dropblock, static_argnums=(4, 5, 6, 7))(key, x, p, e, bs, spatial, batch, mode)

@@ -11,7 +11,7 @@ import numpy as np
 from jax import lax
 
 from jaxdrop import _checks, prng
-from jaxdrop._dropout import _mask_dtype, masked_scale
+from jaxdrop._core import mask_dtype, masked_scale, short_circuit
 from jaxdrop.prng import Mode
 
 __all__ = ["embedding_dropout", "locked_dropout", "zoneout"]
@@ -69,16 +69,15 @@ def locked_dropout(
     if x.ndim < 2:
         raise ValueError(
             f"jaxdrop.{fn}: `x` must have a time axis and at least one other axis, e.g. (B, T, F) "
-            f"or (T, F), got shape {x.shape}."
+            f"(the default time_axis=1) or (T, F) with time_axis=0, got shape {x.shape}."
         )
-    if isinstance(time_axis, (bool, np.bool_)) or not isinstance(time_axis, (int, np.integer)):
-        raise TypeError(f"jaxdrop.{fn}: `time_axis` must be an int axis, got {time_axis!r}.")
-    t = _checks.axes((int(time_axis),), x.ndim, fn, "time_axis")[0]
-    prng._rounds(mode)
-    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0):
-        return x
-    if isinstance(rate, float) and rate == 1.0:
-        return jnp.zeros_like(x)
+    t = _checks.optional_axis(time_axis, x.ndim, fn, "time_axis")
+    if t is None:
+        raise TypeError(f"jaxdrop.{fn}: `time_axis` must be an int axis, got None.")
+    mode = _checks.mode(mode, fn)
+    trivial = short_circuit(x, rate, _checks.flag(deterministic, fn))
+    if trivial is not None:
+        return trivial
     shape = tuple(1 if d == t else s for d, s in enumerate(x.shape))
     return masked_scale(key, x, rate, shape, mode)
 
@@ -139,11 +138,10 @@ def embedding_dropout(
             f"jaxdrop.{fn}: `embedding` must be a (vocab_size, features) matrix, got shape {emb.shape}. "
             "Apply it to the embedding table, then index the result with the token ids."
         )
-    prng._rounds(mode)
-    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0):
-        return emb
-    if isinstance(rate, float) and rate == 1.0:
-        return jnp.zeros_like(emb)
+    mode = _checks.mode(mode, fn)
+    trivial = short_circuit(emb, rate, _checks.flag(deterministic, fn))
+    if trivial is not None:
+        return trivial
     return masked_scale(key, emb, rate, (emb.shape[0], 1), mode)
 
 
@@ -206,9 +204,9 @@ def zoneout(
         raise ValueError(
             f"jaxdrop.{fn}: `h_prev` and `h_new` must have the same shape, got {h_prev.shape} and {h_new.shape}."
         )
-    rate = _checks.probability(rate, fn)
+    rate = _checks.probability(rate, fn, meaning="the probability of keeping h_prev")
     det = _checks.flag(deterministic, fn)
-    prng._rounds(mode)
+    mode = _checks.mode(mode, fn)
     dtype = jnp.result_type(h_prev, h_new)
     if h_prev.dtype != dtype:
         h_prev = h_prev.astype(dtype)
@@ -221,7 +219,7 @@ def zoneout(
     if det:
         r = np.asarray(rate, dtype) if isinstance(rate, float) else rate.astype(dtype)
         return r * h_prev + (1 - r) * h_new
-    p = np.asarray(rate, _mask_dtype()) if isinstance(rate, float) else rate
+    p = np.asarray(rate, mask_dtype()) if isinstance(rate, float) else rate
     # Checkpointed: the backward pass regenerates the mask from the key instead of storing it.
     return jax.checkpoint(_zone, static_argnums=(4,))(key, h_prev, h_new, p, mode)
 

@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
-from jaxdrop._dropout import masked_scale
+from jaxdrop._core import feature_axes, feature_mask_shape, masked_scale, short_circuit
 from jaxdrop.prng import Mode
 
 __all__ = ["channel_dropout"]
 
 
-def feature_axes(
-    ndim: int, channel_axis: Any, batch_axis: Any, fn: str, *, min_rank: int = 2
-) -> tuple[int, int | None]:
-    """Validate and normalise ``(channel_axis, batch_axis)`` for an array of rank ``ndim``."""
-    if ndim < min_rank:
-        raise ValueError(
-            f"jaxdrop.{fn}: `x` must have rank >= {min_rank} (a channel axis plus at least one "
-            f"other axis, e.g. (N, L, C) or (N, H, W, C)), got rank {ndim}."
-        )
-    ch = _checks.optional_axis(channel_axis, ndim, fn, "channel_axis")
-    if ch is None:
-        raise TypeError(f"jaxdrop.{fn}: `channel_axis` must be an int axis, got None.")
-    batch = _checks.optional_axis(batch_axis, ndim, fn, "batch_axis")
-    if batch == ch:
-        raise ValueError(
-            f"jaxdrop.{fn}: `channel_axis`={channel_axis} and `batch_axis`={batch_axis} are the same "
-            f"axis of a rank-{ndim} array; pass batch_axis=None for unbatched input."
-        )
-    return ch, batch
-
-
-def feature_mask_shape(shape: tuple[int, ...], channel_axis: int, batch_axis: int | None) -> tuple[int, ...]:
-    """``shape`` with 1 on every axis except the channel and batch axes."""
-    return tuple(s if d in (channel_axis, batch_axis) else 1 for d, s in enumerate(shape))
-
-
 def channel_dropout(
-    key: Any,
-    x: Any,
-    rate: float | jax.Array,
+    key: ArrayLike,
+    x: ArrayLike,
+    rate: float | ArrayLike,
     *,
     channel_axis: int = -1,
     batch_axis: int | None = 0,
@@ -99,9 +71,8 @@ def channel_dropout(
     x = _checks.float_array(x, fn)
     rate = _checks.probability(rate, fn)
     ch, batch = feature_axes(x.ndim, channel_axis, batch_axis, fn)
-    prng._rounds(mode)
-    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0):
-        return x
-    if isinstance(rate, float) and rate == 1.0:
-        return jnp.zeros_like(x)
+    mode = _checks.mode(mode, fn)
+    trivial = short_circuit(x, rate, _checks.flag(deterministic, fn))
+    if trivial is not None:
+        return trivial
     return masked_scale(key, x, rate, feature_mask_shape(x.shape, ch, batch), mode)

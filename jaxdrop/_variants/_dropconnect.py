@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdrop import _checks, prng
-from jaxdrop._dropout import masked_scale
+from jaxdrop._core import masked_scale, short_circuit
 from jaxdrop.prng import Mode
 
 __all__ = ["dropconnect", "dropconnect_dense"]
@@ -60,11 +60,10 @@ def dropconnect(
     key = prng.as_key(key, fn=fn, signature="key, w, rate")
     w = _checks.float_array(w, fn, "w")
     rate = _checks.probability(rate, fn)
-    prng._rounds(mode)
-    if _checks.flag(deterministic, fn) or (isinstance(rate, float) and rate == 0.0):
-        return w
-    if isinstance(rate, float) and rate == 1.0:
-        return jnp.zeros_like(w)
+    mode = _checks.mode(mode, fn)
+    trivial = short_circuit(w, rate, _checks.flag(deterministic, fn))
+    if trivial is not None:
+        return trivial
     return masked_scale(key, w, rate, w.shape, mode)
 
 

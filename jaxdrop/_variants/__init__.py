@@ -1,0 +1,1 @@
+"""The dropout family: functional methods built on the masking core, one family per module."""
