@@ -184,7 +184,7 @@ class MLP(nnx.Module):
         init = (
             nnx.initializers.lecun_normal()
             if variant == "alpha"
-            else nnx.nn.linear.default_kernel_init  # type: ignore[attr-defined]
+            else nnx.nn.linear.default_kernel_init
         )
         self.layers = nnx.List(
             [nnx.Linear(a, b, kernel_init=init, rngs=rngs) for a, b in itertools.pairwise(widths)]

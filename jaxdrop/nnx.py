@@ -766,7 +766,7 @@ class ConcreteDropout(_Stochastic):
 
     def regularizer(self) -> jax.Array:
         """This layer's term of the concrete-dropout objective (a scalar)."""
-        kernel = self.layer.kernel[...]  # type: ignore[attr-defined]
+        kernel = self.layer.kernel[...]
         return jaxdrop.concrete_dropout_regularizer(
             self.p_logit[...],
             kernel,

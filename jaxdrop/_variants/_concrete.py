@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
 from jaxdrop._core import mask_shape
@@ -36,9 +37,9 @@ def rate_logit(rate: float, fn: str) -> float:
 
 
 def concrete_dropout(
-    key: Any,
-    x: Any,
-    p_logit: Any,
+    key: ArrayLike,
+    x: ArrayLike,
+    p_logit: ArrayLike,
     *,
     temperature: float = 0.1,
     broadcast_dims: Sequence[int] = (),
@@ -134,8 +135,8 @@ def _relaxed(
 
 
 def concrete_dropout_regularizer(
-    p_logit: Any,
-    kernel: Any,
+    p_logit: ArrayLike,
+    kernel: ArrayLike,
     input_dim: int,
     *,
     weight_regularizer: float,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
 from jaxdrop._core import apply_mask, mask_dtype, masked_scale, short_circuit
@@ -15,8 +14,8 @@ __all__ = ["drop_path", "stochastic_depth_rates"]
 
 
 def drop_path(
-    key: Any,
-    x: Any,
+    key: ArrayLike,
+    x: ArrayLike,
     rate: float | jax.Array,
     *,
     batch_axis: int = 0,

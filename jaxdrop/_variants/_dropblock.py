@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
 from jaxdrop._core import feature_axes, mask_dtype, short_circuit
@@ -92,7 +93,7 @@ def _keep_mask(
 
 
 def dropblock_mask(
-    key: Any,
+    key: ArrayLike,
     shape: Sequence[int],
     rate: float | jax.Array,
     *,
@@ -136,8 +137,8 @@ _jit_keep_mask = jax.jit(_keep_mask, static_argnums=(1, 3, 4, 5))
 
 
 def dropblock(
-    key: Any,
-    x: Any,
+    key: ArrayLike,
+    x: ArrayLike,
     rate: float | jax.Array,
     *,
     block_size: int = 7,

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
 from jaxdrop._core import masked_scale, short_circuit
@@ -15,8 +16,8 @@ __all__ = ["dropconnect", "dropconnect_dense"]
 
 
 def dropconnect(
-    key: Any,
-    w: Any,
+    key: ArrayLike,
+    w: ArrayLike,
     rate: float | jax.Array,
     *,
     deterministic: bool = False,
@@ -68,9 +69,9 @@ def dropconnect(
 
 
 def dropconnect_dense(
-    key: Any,
-    x: Any,
-    kernel: Any,
+    key: ArrayLike,
+    x: ArrayLike,
+    kernel: ArrayLike,
     rate: float | jax.Array,
     bias: Any = None,
     *,

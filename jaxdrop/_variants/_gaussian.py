@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
 from jaxdrop._core import compute_dtype, mask_shape, short_circuit
@@ -66,8 +67,8 @@ _apply_gaussian.defjvp(_apply_gaussian_jvp, symbolic_zeros=True)
 
 
 def gaussian_dropout(
-    key: Any,
-    x: Any,
+    key: ArrayLike,
+    x: ArrayLike,
     rate: float | jax.Array,
     *,
     broadcast_dims: Sequence[int] = (),
@@ -135,8 +136,8 @@ def gaussian_dropout(
 
 
 def gaussian_noise(
-    key: Any,
-    x: Any,
+    key: ArrayLike,
+    x: ArrayLike,
     stddev: float | jax.Array,
     *,
     deterministic: bool = False,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
 from jaxdrop._core import mask_dtype, masked_scale, short_circuit
@@ -18,8 +18,8 @@ __all__ = ["embedding_dropout", "locked_dropout", "zoneout"]
 
 
 def locked_dropout(
-    key: Any,
-    x: Any,
+    key: ArrayLike,
+    x: ArrayLike,
     rate: float | jax.Array,
     *,
     time_axis: int = 1,
@@ -83,8 +83,8 @@ def locked_dropout(
 
 
 def embedding_dropout(
-    key: Any,
-    embedding: Any,
+    key: ArrayLike,
+    embedding: ArrayLike,
     rate: float | jax.Array,
     *,
     deterministic: bool = False,
@@ -146,9 +146,9 @@ def embedding_dropout(
 
 
 def zoneout(
-    key: Any,
-    h_prev: Any,
-    h_new: Any,
+    key: ArrayLike,
+    h_prev: ArrayLike,
+    h_new: ArrayLike,
     rate: float | jax.Array,
     *,
     deterministic: bool = False,
@@ -198,30 +198,30 @@ def zoneout(
     """
     fn = "zoneout"
     key = prng.as_key(key, fn=fn, signature="key, h_prev, h_new, rate")
-    h_prev = _checks.float_array(h_prev, fn, "h_prev")
-    h_new = _checks.float_array(h_new, fn, "h_new")
-    if h_prev.shape != h_new.shape:
+    prev = _checks.float_array(h_prev, fn, "h_prev")
+    new = _checks.float_array(h_new, fn, "h_new")
+    if prev.shape != new.shape:
         raise ValueError(
-            f"jaxdrop.{fn}: `h_prev` and `h_new` must have the same shape, got {h_prev.shape} and {h_new.shape}."
+            f"jaxdrop.{fn}: `h_prev` and `h_new` must have the same shape, got {prev.shape} and {new.shape}."
         )
     rate = _checks.probability(rate, fn, meaning="the probability of keeping h_prev")
     det = _checks.flag(deterministic, fn)
     mode = _checks.mode(mode, fn)
-    dtype = jnp.result_type(h_prev, h_new)
-    if h_prev.dtype != dtype:
-        h_prev = h_prev.astype(dtype)
-    if h_new.dtype != dtype:
-        h_new = h_new.astype(dtype)
+    dtype = jnp.result_type(prev, new)
+    if prev.dtype != dtype:
+        prev = prev.astype(dtype)
+    if new.dtype != dtype:
+        new = new.astype(dtype)
     if isinstance(rate, float) and rate == 0.0:
-        return h_new
+        return new
     if isinstance(rate, float) and rate == 1.0:
-        return h_prev
+        return prev
     if det:
-        r = np.asarray(rate, dtype) if isinstance(rate, float) else rate.astype(dtype)
-        return r * h_prev + (1 - r) * h_new
+        r = jnp.asarray(rate, dtype)
+        return r * prev + (1 - r) * new
     p = np.asarray(rate, mask_dtype()) if isinstance(rate, float) else rate
     # Checkpointed: the backward pass regenerates the mask from the key instead of storing it.
-    return jax.checkpoint(_zone, static_argnums=(4,))(key, h_prev, h_new, p, mode)
+    return jax.checkpoint(_zone, static_argnums=(4,))(key, prev, new, p, mode)
 
 
 @functools.partial(jax.jit, static_argnums=(4,))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +102,8 @@ class NnxAdapter:
         train_flag: str | Literal["auto"] | None = "auto",
         rate_filter: RateFilter | None = None,
     ):
-        graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+        graphdef, *states = nnx.split(model, nnx.Param, nnx.RngState, ...)
+        params, rng_state, rest = states
         self.graphdef = graphdef
         self.params = nnx.to_pure_dict(params)
         self.rng_state = nnx.to_pure_dict(rng_state)
@@ -144,7 +145,8 @@ class NnxAdapter:
     ) -> tuple[jax.Array, PyTree]:
         model = self.model(params, model_state)
         if train and key is not None and self.stream_tags:
-            nnx.reseed(model, **_stream_keys(key, self.stream_tags))
+            reseed: Callable[..., None] = nnx.reseed  # stream names are keywords of its **kwargs
+            reseed(model, **_stream_keys(key, self.stream_tags))
         model = nnx.view(model, raise_if_not_found=False, deterministic=not train, use_running_average=not train)
         kwargs: dict[str, Any] = {}
         if self.flag is not None:
@@ -232,8 +234,8 @@ class LinenAdapter:
         def run() -> tuple[jax.Array, PyTree]:
             if train and model_state:
                 logits, updates = self.module.apply(variables, x, rngs=rngs, mutable=list(model_state), **kwargs)
-                return logits, {**model_state, **updates}
-            return self.module.apply(variables, x, rngs=rngs, **kwargs), model_state
+                return cast(jax.Array, logits), {**model_state, **updates}
+            return cast(jax.Array, self.module.apply(variables, x, rngs=rngs, **kwargs)), model_state
 
         if rate is None or self.rate_kwarg:
             return run()
