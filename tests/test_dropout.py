@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SIGMA, binomial_bound, within_binomial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
@@ -18,12 +19,11 @@ from scipy import stats
 import jaxdrop
 
 KEY = jax.random.key(0)
-SIGMA = 4.0  # tolerance of every statistical test below, in standard deviations
 
 
 def kept_fraction_bound(n: int, keep: float) -> float:
-    """4-sigma half-width of the kept fraction of n independent Bernoulli(keep) draws."""
-    return SIGMA * math.sqrt(keep * (1 - keep) / n)
+    """SIGMA half-width of the kept fraction of n independent Bernoulli(keep) draws."""
+    return binomial_bound(keep, n)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -58,7 +58,7 @@ def test_masks_from_different_keys_are_independent():
     b = jaxdrop.keep_mask(k2, (n,), rate)
     q = 1 - rate
     agree = q * q + (1 - q) * (1 - q)
-    assert abs(float((a == b).mean()) - agree) <= SIGMA * math.sqrt(agree * (1 - agree) / n)
+    assert within_binomial(float((a == b).mean()), agree, n)
 
 
 def test_dropped_positions_are_uniform_chi_square():

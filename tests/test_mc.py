@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import SIGMA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -22,7 +23,6 @@ import jaxdrop
 from jaxdrop import mc
 
 KEY = jax.random.key(0)
-SIGMA = 4.0  # tolerance of the statistical tests below, in standard errors
 
 
 # --------------------------------------------------------------------------- shared models

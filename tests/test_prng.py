@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SIGMA, binomial_bound
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
@@ -38,7 +39,6 @@ import jaxdrop
 from jaxdrop import prng
 
 ALPHA = 1e-4  # rejection level of every p-value test in this file
-SIGMA = 4.0  # tolerance of binomial checks, in standard deviations
 U32 = np.uint32
 
 # --------------------------------------------------------------------------- reference
@@ -574,7 +574,7 @@ def test_masks_from_related_keys_are_independent(mode, keep):
     )
     n = math.prod(STAT_SHAPE)
     agree = keep**2 + (1 - keep) ** 2
-    tol = SIGMA * math.sqrt(agree * (1 - agree) / n)
+    tol = binomial_bound(agree, n)
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             rate = float(np.mean(masks[i] == masks[j]))

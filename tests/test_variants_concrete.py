@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import within_binomial
 
 import jaxdrop
 
 KEY = jax.random.key(0)
-SIGMA = 4.0
 SHAPE = (200, 500)
 P = 0.2
 LOGIT = math.log(P / (1 - P))
@@ -55,7 +55,7 @@ def test_relaxed_mask_approaches_hard_dropout_as_temperature_falls():
     # ... and z > 1/2 exactly when log(p/q) + log(u/(1-u)) > 0, i.e. u > 1 - p: Bernoulli(p) drops.
     z = relaxed_z(0.01)
     n = z.size
-    assert abs((z > 0.5).mean() - P) <= SIGMA * math.sqrt(P * (1 - P) / n)
+    assert within_binomial((z > 0.5).mean(), P, n)
     u = np.asarray(jax.random.uniform(KEY, SHAPE), np.float64)  # the documented noise source
     assert ((z > 0.5) == (u > 1 - P)).mean() > 0.999
 

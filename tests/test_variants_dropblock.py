@@ -13,12 +13,12 @@ import math
 import jax
 import numpy as np
 import pytest
+from helpers import SIGMA, within_binomial
 from numpy.lib.stride_tricks import sliding_window_view
 
 import jaxdrop
 
 KEY = jax.random.key(0)
-SIGMA = 4.0
 
 
 def ones(shape) -> np.ndarray:
@@ -111,7 +111,7 @@ def test_whole_map_drops_when_the_block_covers_the_map():
     dropped = y == 0
     assert (dropped == dropped[:, :1, :1, :]).all(), "a map was partly dropped"
     frac, n = dropped[:, 0, 0, :].mean(), 64 * 32
-    assert abs(frac - rate) <= SIGMA * math.sqrt(rate * (1 - rate) / n)
+    assert within_binomial(frac, rate, n)
 
 
 def test_per_sample_count_ratio_rescaling():

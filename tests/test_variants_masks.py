@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SIGMA, within_binomial
 
 import jaxdrop
 
 KEY = jax.random.key(0)
-SIGMA = 4.0
 N_KEYS = 2048  # one key-batch shape for every Monte-Carlo test: split compiles once
 
 
@@ -31,11 +31,6 @@ def normal(seed: int, shape, shift: float = 0.0) -> np.ndarray:
 
 def ones(shape) -> np.ndarray:
     return np.ones(shape, np.float32)
-
-
-def within(fraction: float, p: float, n: int) -> bool:
-    """Is an observed fraction of n independent Bernoulli(p) draws within 4 sigma of p?"""
-    return abs(fraction - p) <= SIGMA * math.sqrt(p * (1 - p) / n)
 
 
 def assert_constant_along(y, axes):
@@ -67,7 +62,7 @@ def test_channel_dropout_zeros_whole_channels(shape, kw, shared):
     np.testing.assert_allclose(values, [0.0, 1 / (1 - rate)], rtol=1e-6)
     # One Bernoulli(1 - rate) per (sample, channel): count channels, not elements.
     n_channels = y.size // math.prod(shape[a] for a in shared)
-    assert within(float((y != 0).mean()), 1 - rate, n_channels)
+    assert within_binomial(float((y != 0).mean()), 1 - rate, n_channels)
     # Bit-identical to dropout with the spatial axes broadcast.
     x = normal(1, shape)
     np.testing.assert_array_equal(
@@ -105,7 +100,7 @@ def test_drop_path_zeros_whole_samples():
     kept = (y != 0).all(axis=(1, 2))
     assert (dropped | kept).all(), "a sample was partly dropped"
     np.testing.assert_allclose(y[kept], x[kept] / (1 - rate), rtol=1e-6)
-    assert within(float(kept.mean()), 1 - rate, n)
+    assert within_binomial(float(kept.mean()), 1 - rate, n)
     # Not inverted: kept samples unchanged, the same samples dropped.
     z = np.asarray(jaxdrop.drop_path(KEY, x, rate, scale_by_keep=False))
     np.testing.assert_array_equal(z[kept], x[kept])
@@ -122,7 +117,7 @@ def test_drop_path_batch_axis_and_batch_wise():
     ys = np.asarray(jax.vmap(lambda k: jaxdrop.drop_path(k, x, rate, batch_wise=True))(keys(3)))
     kept = (ys != 0).all(axis=(1, 2, 3))
     assert (kept | (ys == 0).all(axis=(1, 2, 3))).all(), "batch partly dropped"
-    assert within(float(kept.mean()), 1 - rate, N_KEYS)
+    assert within_binomial(float(kept.mean()), 1 - rate, N_KEYS)
 
 
 def test_drop_path_residual_expectation():
@@ -174,7 +169,7 @@ def test_locked_dropout_mask_is_identical_across_time(time_axis):
     assert_constant_along(mask, (time_axis % 3,))
     np.testing.assert_allclose(y[mask], x[mask] / (1 - rate), rtol=1e-6)
     n_masks = x.size // x.shape[time_axis]
-    assert within(float(mask.mean()), 1 - rate, n_masks)
+    assert within_binomial(float(mask.mean()), 1 - rate, n_masks)
     np.testing.assert_array_equal(y, jaxdrop.dropout(KEY, x, rate, broadcast_dims=(time_axis,)))
 
 
@@ -194,7 +189,7 @@ def test_embedding_dropout_drops_whole_rows_and_every_occurrence():
     dropped = (out == 0).all(axis=1)
     assert (dropped | (out != 0).all(axis=1)).all(), "a row was partly dropped"
     np.testing.assert_allclose(out[~dropped], emb[~dropped] / (1 - rate), rtol=1e-6)
-    assert within(float(dropped.mean()), rate, vocab)
+    assert within_binomial(float(dropped.mean()), rate, vocab)
     # A dropped word is zero wherever it occurs in the batch.
     word = int(np.flatnonzero(dropped)[0])
     tokens = np.array([[word, 1, word], [2, word, 3]])
@@ -223,7 +218,7 @@ def test_dropconnect_masks_weights_once_for_the_whole_batch():
     x = normal(8, (5, 7, 16))
     w = np.asarray(jaxdrop.dropconnect(KEY, kernel, rate))
     np.testing.assert_array_equal(w, jaxdrop.dropout(KEY, kernel, rate))
-    assert within(float((w != 0).mean()), 1 - rate, kernel.size)
+    assert within_binomial(float((w != 0).mean()), 1 - rate, kernel.size)
     y = np.asarray(jaxdrop.dropconnect_dense(KEY, x, kernel, rate, bias))
     assert y.shape == (5, 7, 12)
     np.testing.assert_allclose(y, x @ w + bias, rtol=1e-4, atol=1e-4)
@@ -266,7 +261,7 @@ def test_zoneout_keeps_previous_units_with_probability_rate():
     h = np.asarray(jaxdrop.zoneout(KEY, h_prev, h_new, rate))
     kept_prev = h == h_prev
     assert (kept_prev | (h == h_new)).all(), "a unit is neither h_prev nor h_new"
-    assert within(float(kept_prev.mean()), rate, n)
+    assert within_binomial(float(kept_prev.mean()), rate, n)
     # Gradients follow the same selection.
     grad = jax.jit(jax.grad(lambda a, b: jaxdrop.zoneout(KEY, a, b, rate).sum(), argnums=(0, 1)))
     gp, gn = grad(h_prev, h_new)
@@ -300,7 +295,7 @@ def test_zoneout_in_a_scan_draws_a_fresh_mask_each_step():
     _, hs = jax.jit(lambda h0, ks: jax.lax.scan(step, h0, ks))(np.zeros(units, np.float32), step_keys)
     updates = np.diff(np.concatenate([np.zeros((1, units)), np.asarray(hs)]), axis=0) == 1
     assert not (updates == updates[:1]).all(), "the same mask was reused across steps"
-    assert within(float(updates.mean()), 1 - rate, steps * units)
+    assert within_binomial(float(updates.mean()), 1 - rate, steps * units)
 
 
 def test_zoneout_bad_input():

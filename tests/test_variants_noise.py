@@ -11,12 +11,12 @@ import math
 import jax
 import numpy as np
 import pytest
+from helpers import SIGMA, within_binomial
 from scipy import stats
 
 import jaxdrop
 
 KEY = jax.random.key(0)
-SIGMA = 4.0
 ALPHA_PRIME = -1.7580993408473766
 
 
@@ -68,7 +68,7 @@ def test_alpha_dropout_keeps_zero_mean_unit_variance(rate):
     np.testing.assert_allclose(y[~dropped], a * x[~dropped] + b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y[dropped], a * ALPHA_PRIME + b, rtol=1e-6)
     p, n = rate, x.size
-    assert abs(dropped.mean() - p) <= SIGMA * math.sqrt(p * (1 - p) / n)
+    assert within_binomial(dropped.mean(), p, n)
 
 
 def test_alpha_dropout_broadcast_dims_share_the_mask():
@@ -88,7 +88,7 @@ def test_feature_alpha_dropout_drops_whole_channels_and_keeps_moments():
     np.testing.assert_allclose(y[dropped], a * ALPHA_PRIME + b, rtol=1e-6)
     np.testing.assert_allclose(y[~dropped], a * x[~dropped] + b, rtol=1e-5, atol=1e-6)
     p = rate
-    assert abs(dropped[:, 0, :].mean() - p) <= SIGMA * math.sqrt(p * (1 - p) / (n * c))
+    assert within_binomial(dropped[:, 0, :].mean(), p, n * c)
     # Units of one channel share the mask, so they are correlated:
     # corr = a^2 alpha'^2 rate (1 - rate), Var(mean) = (1 + (L - 1) corr) / N.
     corr = a**2 * ALPHA_PRIME**2 * rate * (1 - rate)

@@ -6,14 +6,12 @@ The notebooks live at the top of the repository (where users find and run them),
 ``mkdocs.yml`` lists them in ``nav`` as ``notebooks/01_quickstart.ipynb``: no copies, no
 symbolic links.
 
-``on_config`` drops from ``nav`` the notebooks that are not in ``notebooks/`` (yet), with
-an INFO message, so a guide listed before it is committed does not fail the strict build;
-every other missing page still does.
+A notebook listed in ``nav`` but missing from ``notebooks/`` is a missing page, which fails
+the strict build like any other.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +20,6 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 NOTEBOOKS = "notebooks"
-log = logging.getLogger(f"mkdocs.hooks.{NOTEBOOKS}")
-
-
-def _prune(nav: Any, repo: Path) -> Any:
-    """``nav`` without the entries naming a missing ``notebooks/*.ipynb`` (and emptied sections)."""
-    if isinstance(nav, list):
-        kept = [_prune(entry, repo) for entry in nav]
-        return [entry for entry in kept if entry is not None]
-    if isinstance(nav, dict):
-        kept_items = {title: _prune(value, repo) for title, value in nav.items()}
-        kept_items = {t: v for t, v in kept_items.items() if v is not None and v != []}
-        return kept_items or None
-    if isinstance(nav, str) and nav.startswith(f"{NOTEBOOKS}/") and nav.endswith(".ipynb"):
-        if not (repo / nav).is_file():
-            log.info("nav: %s is not in the repository (yet); left out", nav)
-            return None
-    return nav
-
-
-@event_priority(100)
-def on_config(config: MkDocsConfig) -> MkDocsConfig:
-    if config.nav is not None:
-        config.nav = _prune(config.nav, Path(config.config_file_path).parent)
-    return config
 
 
 @event_priority(100)  # before mkdocs-jupyter's on_files (default priority 0)

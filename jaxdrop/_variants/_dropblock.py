@@ -17,7 +17,7 @@ from jaxdrop import _checks, prng
 from jaxdrop._core import feature_axes, mask_dtype, short_circuit
 from jaxdrop.prng import Mode
 
-__all__ = ["dropblock", "dropblock_mask", "dropblock_gamma"]
+__all__ = ["dropblock", "dropblock_gamma", "dropblock_mask"]
 
 _LAYOUT_HINT = (
     "DropBlock works on 2-D maps (N, H, W, C) or 3-D maps (N, D, H, W, C): every axis except "

@@ -16,7 +16,7 @@ import numpy as np
 from jaxdrop.training._errors import CheckpointError
 from jaxdrop.training._state import PyTree, TrainState
 
-__all__ = ["Checkpointer", "CorruptCheckpoint", "STATE_FIELDS", "checksum", "fingerprint"]
+__all__ = ["STATE_FIELDS", "Checkpointer", "CorruptCheckpoint", "checksum", "fingerprint"]
 
 
 class CorruptCheckpoint(Exception):
