@@ -25,14 +25,15 @@ import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jaxdrop.prng import Mode
+if TYPE_CHECKING:
+    from jaxdrop.prng import Mode
 
 __all__ = [
     "axes",
@@ -292,7 +293,7 @@ def flag(value: Any, fn: str, name: str = "deterministic") -> bool:
 
 def mode(value: Any, fn: str) -> Mode:
     """The mask generator: ``"exact"`` or ``"fast"``."""
-    if not isinstance(value, str) or value not in get_args(Mode):
+    if not isinstance(value, str) or value not in ("exact", "fast"):
         raise ValueError(
             f"jaxdrop.{fn}: `mode` must be 'exact' (bit-identical to jax.random) or 'fast', got {value!r}."
         )
@@ -313,11 +314,24 @@ def checked(fn: Callable[..., T]) -> Callable[..., tuple[checkify.Error, T]]:
     """Check traced arguments at run time: ``checked(f)(*args) -> (err, out)``.
 
     Under ``jit`` a rate (or any other parameter) that is a traced value cannot be
-    validated while tracing, so jaxdrop replaces a value outside its domain by a valid
-    one (a rate is clamped to ``[0, 1]``). Wrap the function, jitted or not, with
-    ``checked`` (and jit the result) to get a :mod:`jax.experimental.checkify` error
-    instead; ``err.throw()`` raises it. Functions jitted elsewhere and called inside
-    are checked too.
+    validated while tracing. Without ``checked``, jaxdrop replaces a traced value
+    outside its domain by a valid one, one rule for every function, so the result is
+    always finite:
+
+    * a probability (``rate``...) is clamped to ``[0, 1]``, and NaN counts as 1
+      (drop everything; for :func:`jaxdrop.zoneout`, keep ``h_prev``); where 1 is
+      undefined (alpha and Gaussian dropout, MC-dropout precisions) it is capped
+      just below 1;
+    * a non-negative parameter (``stddev``, ``eps``...) that is
+      negative, infinite or NaN becomes 0;
+    * a positive parameter (``temperature``, ``tau``, ``length_scale``, ``n_data``...) that is not a
+      finite number ``> 0`` becomes the dtype's smallest normal number;
+    * a NaN or infinite ``p_logit`` of :func:`jaxdrop.concrete_dropout` is clipped
+      to ``[-100, 100]`` (NaN to 100).
+
+    Wrap the function, jitted or not, with ``checked`` (and jit the result) to get a
+    :mod:`jax.experimental.checkify` error instead; ``err.throw()`` raises it.
+    Functions jitted elsewhere and called inside are checked too.
 
     >>> import jax, jax.numpy as jnp, jaxdrop
     >>> f = jax.jit(checked(lambda k, x, r: jaxdrop.dropout(k, x, r)))

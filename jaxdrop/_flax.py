@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["bind_attention", "concrete_value", "flax_broadcast_dims", "is_one", "is_zero"]
+from jaxdrop import _checks
+
+__all__ = ["bind_attention", "check_layer", "concrete_value", "flax_broadcast_dims", "is_one", "is_zero"]
 
 
 def concrete_value(rate: Any) -> float | None:
@@ -77,3 +79,21 @@ def bind_attention(fn: Any, implementation: Any, block_size: Any, mode: Any) -> 
     bound = functools.partial(attention.dot_product_attention, **options)
     bound._jaxdrop_layer_options = True  # type: ignore[attr-defined]
     return bound
+
+
+def check_layer(layer: Any, api: str) -> None:
+    """Validate a dropout layer's concrete ``rate`` (or ``stddev``) and ``mode`` when it is built.
+
+    A layer that would fail when called in training mode fails when constructed instead
+    (in evaluation mode it would otherwise return its input without complaint). A traced
+    or array rate is checked at call time as usual.
+    """
+    fn = f"{api}.{type(layer).__name__}"
+    _checks.mode(getattr(layer, "mode", "exact"), fn)
+    rate = getattr(layer, "rate", None)
+    if rate is not None and _checks.is_concrete(rate):
+        meaning = "the probability of keeping h_prev" if type(layer).__name__ == "Zoneout" else None
+        _checks.probability(rate, fn, meaning=meaning)
+    stddev = getattr(layer, "stddev", None)
+    if stddev is not None and _checks.is_concrete(stddev):
+        _checks.nonnegative(stddev, fn, "stddev")

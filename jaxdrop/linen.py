@@ -69,7 +69,7 @@ from flax.linen.module import merge_param
 
 import jaxdrop
 from jaxdrop import attention
-from jaxdrop._flax import bind_attention, flax_broadcast_dims, is_one, is_zero
+from jaxdrop._flax import bind_attention, check_layer, flax_broadcast_dims, is_one, is_zero
 from jaxdrop._variants._concrete import rate_logit
 from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
@@ -147,6 +147,10 @@ class Dropout(nn.Dropout):
 
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         """Applies a random dropout mask to ``inputs``.
@@ -198,6 +202,10 @@ class ChannelDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -231,6 +239,10 @@ class AlphaDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -260,6 +272,10 @@ class FeatureAlphaDropout(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
     mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
@@ -294,6 +310,10 @@ class GaussianDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -321,6 +341,10 @@ class GaussianNoise(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
     mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
@@ -353,6 +377,10 @@ class DropBlock(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
     mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
@@ -397,6 +425,10 @@ class DropPath(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -433,6 +465,10 @@ class LockedDropout(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
     mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
@@ -472,6 +508,10 @@ class EmbeddingDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         """Looks up integer ``inputs`` (any shape) in the (dropped) table: ``(*inputs.shape, D)``."""
@@ -503,6 +543,10 @@ class Zoneout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(
         self, h_prev: Any, h_new: Any, deterministic: bool | None = None, rng: Any = None
@@ -511,6 +555,9 @@ class Zoneout(nn.Module):
         if det:
             # zoneout's own evaluation rule (the expectation); it needs no key.
             return jaxdrop.zoneout(jax.random.key(0), h_prev, h_new, self.rate, deterministic=True)
+        if is_zero(self.rate):
+            # Rate 0 keeps every new state: no key drawn, the rng stream is not advanced.
+            return jaxdrop.zoneout(jax.random.key(0), h_prev, h_new, 0.0)
         key = rng if rng is not None else self.make_rng(self.rng_collection)
         return jaxdrop.zoneout(key, h_prev, h_new, self.rate, mode=self.mode)
 
@@ -544,8 +591,16 @@ class DropConnectDense(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
+        if jnp.ndim(inputs) < 1:
+            raise ValueError(
+                f"jaxdrop.linen.DropConnectDense: `inputs` must have shape (..., in), got a scalar {inputs!r}."
+            )
         kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features))
         bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -598,6 +653,10 @@ class ConcreteDropout(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
     mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> Any:

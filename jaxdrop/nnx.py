@@ -56,7 +56,7 @@ from flax.nnx.nn.linear import default_embed_init, default_kernel_init
 
 import jaxdrop
 from jaxdrop import attention
-from jaxdrop._flax import bind_attention, flax_broadcast_dims, is_one, is_zero
+from jaxdrop._flax import bind_attention, check_layer, flax_broadcast_dims, is_one, is_zero
 from jaxdrop._variants._concrete import rate_logit
 from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
@@ -188,6 +188,7 @@ class Dropout(nnx.Dropout):
             rate, broadcast_dims=broadcast_dims, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs
         )
         self.mode = mode
+        check_layer(self, "nnx")
 
     def __call__(
         self,
@@ -269,6 +270,7 @@ class ChannelDropout(_Stochastic):
     ):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate, self.channel_axis, self.batch_axis = rate, channel_axis, batch_axis
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
@@ -306,6 +308,7 @@ class AlphaDropout(_Stochastic):
     ):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate, self.broadcast_dims = rate, broadcast_dims
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
@@ -342,6 +345,7 @@ class FeatureAlphaDropout(_Stochastic):
     ):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate, self.channel_axis, self.batch_axis = rate, channel_axis, batch_axis
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
@@ -379,6 +383,7 @@ class GaussianDropout(_Stochastic):
     ):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate, self.broadcast_dims = rate, broadcast_dims
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
@@ -414,6 +419,7 @@ class GaussianNoise(_Stochastic):
     ):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.stddev = stddev
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.stddev))
@@ -453,6 +459,7 @@ class DropBlock(_Stochastic):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate, self.block_size = rate, block_size
         self.channel_axis, self.batch_axis = channel_axis, batch_axis
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
@@ -502,6 +509,7 @@ class DropPath(_Stochastic):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate, self.batch_axis = rate, batch_axis
         self.scale_by_keep, self.batch_wise = scale_by_keep, batch_wise
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
@@ -546,6 +554,7 @@ class LockedDropout(_Stochastic):
     ):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate, self.time_axis = rate, time_axis
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
@@ -600,6 +609,7 @@ class EmbeddingDropout(_Stochastic):
         self.embedding = nnx.Param(embedding_init(rngs.params(), (num_embeddings, features), jnp.float32))
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.num_embeddings, self.features, self.rate = num_embeddings, features, rate
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         """Looks up integer ``inputs`` (any shape) in the (dropped) table: ``(*inputs.shape, D)``."""
@@ -639,10 +649,14 @@ class Zoneout(_Stochastic):
     ):
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.rate = rate
+        check_layer(self, "nnx")
 
     def __call__(
         self, h_prev: Any, h_new: Any, *, deterministic: bool | None = None, rngs: RngsArg = None
     ) -> jax.Array:
+        if is_zero(self.rate) and not _deterministic(self, deterministic):
+            # Rate 0 keeps every new state: no key drawn, the stream is not advanced.
+            return jaxdrop.zoneout(jax.random.key(0), h_prev, h_new, 0.0)
         key = _key(self, deterministic, rngs)
         if key is None:
             # zoneout's own evaluation rule (the expectation); it needs no key.
@@ -689,6 +703,7 @@ class DropConnectDense(_Stochastic):
         self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else nnx.data(None)
         super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
         self.in_features, self.out_features, self.rate = in_features, out_features, rate
+        check_layer(self, "nnx")
 
     def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
         bias = None if self.bias is None else self.bias[...]
@@ -758,6 +773,7 @@ class ConcreteDropout(_Stochastic):
         self.temperature = temperature
         self.weight_regularizer, self.dropout_regularizer = weight_regularizer, dropout_regularizer
         self.broadcast_dims = broadcast_dims
+        check_layer(self, "nnx")
 
     @property
     def rate(self) -> jax.Array:

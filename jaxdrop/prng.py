@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxdrop import _checks
+
 __all__ = [
     "Mode",
     "as_key",
@@ -77,6 +79,20 @@ def _rounds(mode: str) -> int:
         raise ValueError(f"mode must be 'exact' or 'fast', got {mode!r}.") from None
 
 
+def _float_dtype(dtype: Any, fn: str) -> Any:
+    try:
+        dtype = jax.dtypes.canonicalize_dtype(dtype)
+    except TypeError:
+        raise TypeError(f"jaxdrop.{fn}: `dtype` must be a floating-point dtype, got {dtype!r}.") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"jaxdrop.{fn}: `dtype` must be a floating-point dtype, got {dtype}.")
+    return dtype
+
+
+def _broadcasts_to(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    return len(src) <= len(dst) and all(a in (1, b) for a, b in zip(src[::-1], dst[::-1], strict=False))
+
+
 def _is_key_dtype(dtype: Any) -> bool:
     return bool(jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key))
 
@@ -90,7 +106,7 @@ def _key_shape_of(impl: str) -> tuple[int, ...]:
     return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape)
 
 
-def as_key(key: Any, *, fn: str = "dropout", signature: str = "key, x, rate") -> jax.Array:
+def as_key(key: Any, *, fn: str = "prng.as_key", signature: str | None = None) -> jax.Array:
     """Validate ``key`` and return it as a typed, scalar PRNG key.
 
     Accepts a new-style key (``jax.random.key(0)``, any implementation) or a
@@ -98,6 +114,8 @@ def as_key(key: Any, *, fn: str = "dropout", signature: str = "key, x, rate") ->
     implementation. Raises ``TypeError`` for anything else, explaining how to make
     a key and the expected argument order ``fn(signature)``.
     """
+    if signature is None:
+        signature = "key" if fn == "prng.as_key" else "key, x, rate"
     order = f"jaxdrop.{fn}({signature})"
     dtype = getattr(key, "dtype", None)
     shape = tuple(getattr(key, "shape", ()))
@@ -137,6 +155,17 @@ def is_fused(key: jax.Array) -> bool:
     )
 
 
+def _words(x: Any, name: str) -> Any:
+    """``x`` as uint32 words: a uint32 array, or Python ints in ``[0, 2**32)``."""
+    if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32:
+        return np.uint32(x)
+    if getattr(x, "dtype", None) != np.uint32:
+        raise TypeError(
+            f"jaxdrop.prng.threefry2x32: `{name}` must be a uint32 array (or an int in [0, 2**32)), got {x!r}."
+        )
+    return x
+
+
 def _rotl(x: jax.Array, r: int) -> jax.Array:
     return lax.shift_left(x, _U32(r)) | lax.shift_right_logical(x, _U32(32 - r))
 
@@ -156,6 +185,7 @@ def threefry2x32(
     >>> [hex(int(w)) for w in threefry2x32(u(0), u(0), u(0), u(0))]
     ['0x6b200159', '0x99ba4efe']
     """
+    k0, k1, c0, c1 = (_words(w, name) for w, name in ((k0, "k0"), (k1, "k1"), (c0, "c0"), (c1, "c1")))
     ks = (k0, k1, k0 ^ k1 ^ _U32(0x1BD11BDA))
     x0 = c0 + ks[0]
     x1 = c1 + ks[1]
@@ -316,9 +346,9 @@ def bits(
     >>> bool((block == bits(k, (8, 6))[4:6, 3:6]).all())
     True
     """
-    rounds = _rounds(mode)
+    shape = _checks.shape(shape, "prng.bits")
+    rounds = _rounds(_checks.mode(mode, "prng.bits"))
     key = as_key(key, fn="prng.bits", signature="key, shape")
-    shape = tuple(int(d) for d in shape)
     block = _block(shape, global_shape, index_offset, "bits")
     if not is_fused(key):
         return _fallback_bits(key, shape, jnp.uint32, block)
@@ -399,11 +429,9 @@ def uniform(
     True
     """
     key = as_key(key, fn="prng.uniform", signature="key, shape")
-    dtype = jax.dtypes.canonicalize_dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"uniform needs a floating dtype, got {dtype}.")
-    _rounds(mode)
-    shape = tuple(int(d) for d in shape)
+    dtype = _float_dtype(dtype, "prng.uniform")
+    _checks.mode(mode, "prng.uniform")
+    shape = _checks.shape(shape, "prng.uniform")
     block = _block(shape, global_shape, index_offset, "uniform")
     if block is None:
         return _uniform(key, shape, dtype, minval, maxval, mode)
@@ -468,7 +496,7 @@ def normal(
     >>> bool((normal(k, (4,)) == jax.random.normal(k, (4,))).all())
     True
     """
-    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    dtype = _float_dtype(dtype, "prng.normal")
     lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
     u = uniform(key, shape, dtype, lo, 1.0, mode=mode, global_shape=global_shape, index_offset=index_offset)
     return lax.mul(np.array(np.sqrt(2), dtype), lax.erf_inv(u))
@@ -497,7 +525,13 @@ def bernoulli(
     >>> bool((bernoulli(k, 0.3, (6,)) == jax.random.bernoulli(k, 0.3, (6,))).all())
     True
     """
+    shape = _checks.shape(shape, "prng.bernoulli")
     p = jnp.asarray(p)
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    if p.ndim and _broadcasts_to(p.shape, shape) is False:
+        raise ValueError(
+            f"jaxdrop.prng.bernoulli: `p` of shape {p.shape} does not broadcast to `shape` {shape} "
+            "(as in jax.random.bernoulli, one probability or one per element)."
+        )
     return uniform(key, shape, p.dtype, mode=mode, global_shape=global_shape, index_offset=index_offset) < p

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdrop import _checks
 
@@ -40,12 +41,29 @@ def _rate(value: Any, fn: str, name: str = "rate") -> float:
     return v
 
 
+_MAX_STEP = int(np.iinfo(np.int32).max)
+"""The largest step (JAX's default integers are int32); larger Python steps count as this one."""
+
+
+def _cutoff(value: Any, fn: str) -> int:
+    cutoff = _checks.integer(value, fn, "cutoff_steps", minimum=0)
+    if cutoff > _MAX_STEP:
+        raise ValueError(
+            f"jaxdrop.{fn}: `cutoff_steps` must be at most 2**31 - 1 = {_MAX_STEP} (steps are int32 "
+            f"scalars under JAX's default 32-bit mode), got {cutoff}."
+        )
+    return cutoff
+
+
 def _step(step: Any, fn: str) -> jax.Array:
     dtype = getattr(step, "dtype", None)
     if isinstance(step, bool) or (dtype is not None and jnp.issubdtype(dtype, jnp.bool_)):
         raise TypeError(f"jaxdrop.{fn}: the step must be a number, got {step!r}.")
     if jnp.ndim(step) != 0:
         raise TypeError(f"jaxdrop.{fn}: the step must be a scalar, got shape {jnp.shape(step)}.")
+    if isinstance(step, (int, np.integer)) and step > _MAX_STEP:
+        # Every cutoff is at most _MAX_STEP, so a later step behaves exactly like it.
+        step = _MAX_STEP
     t = jnp.asarray(step)
     if not (jnp.issubdtype(t.dtype, jnp.integer) or jnp.issubdtype(t.dtype, jnp.floating)):
         raise TypeError(f"jaxdrop.{fn}: the step must be a number, got dtype {t.dtype}.")
@@ -128,7 +146,7 @@ def early_dropout_schedule(
     """
     fn = "early_dropout_schedule"
     r = _rate(rate, fn)
-    cutoff = _checks.integer(cutoff_steps, fn, "cutoff_steps", minimum=0)
+    cutoff = _cutoff(cutoff_steps, fn)
     if kind not in ("constant", "linear"):
         raise ValueError(f"jaxdrop.{fn}: `kind` must be 'constant' or 'linear', got {kind!r}.")
 
@@ -170,7 +188,7 @@ def late_dropout_schedule(rate: float, cutoff_steps: int) -> Schedule:
     """
     fn = "late_dropout_schedule"
     r = _rate(rate, fn)
-    cutoff = _checks.integer(cutoff_steps, fn, "cutoff_steps", minimum=0)
+    cutoff = _cutoff(cutoff_steps, fn)
 
     def schedule(step: Any) -> jax.Array:
         t = _step(step, fn)

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
@@ -19,21 +20,37 @@ from jaxdrop.prng import Mode
 __all__ = ["concrete_dropout", "concrete_dropout_regularizer"]
 
 
+_LOGIT_LIMIT = 100.0
+"""``|p_logit|`` beyond this is clipped: p is then within 4e-44 of 0 or 1, past float32's resolution."""
+
+
 def _logit_array(p_logit: Any, fn: str) -> jax.Array:
+    """A finite logit array. A traced NaN or infinity is reported under :func:`jaxdrop.checked`
+    and replaced (NaN by ``+limit``: drop everything, as a NaN rate does); values are clipped
+    to ``[-limit, limit]``."""
     logit = _checks.float_array(p_logit, fn, "p_logit")
-    if _checks.is_concrete(logit) and not np.isfinite(np.asarray(logit)).all():
-        raise ValueError(
-            f"jaxdrop.{fn}: `p_logit` must be finite (p = sigmoid(p_logit) strictly between 0 and 1), "
-            f"got {logit}."
+    if _checks.is_concrete(logit):
+        if not np.isfinite(np.asarray(logit)).all():
+            raise ValueError(
+                f"jaxdrop.{fn}: `p_logit` must be finite (p = sigmoid(p_logit) strictly between 0 and 1), "
+                f"got {logit}."
+            )
+    else:
+        checkify.debug_check(
+            jnp.isfinite(logit).all(), f"jaxdrop.{fn}: `p_logit` must be finite, got {{v}}.", v=logit
         )
-    return logit
+    logit = jnp.where(jnp.isnan(logit), _LOGIT_LIMIT, logit)
+    return jnp.clip(logit, -_LOGIT_LIMIT, _LOGIT_LIMIT)
 
 
-def rate_logit(rate: float, fn: str) -> float:
+def rate_logit(rate: Any, fn: str) -> float:
     """``log(rate / (1 - rate))``: the ``p_logit`` whose sigmoid is the drop rate ``rate``."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
-        raise ValueError(f"jaxdrop.{fn}: `init_rate` must be a Python float in (0, 1), got {rate!r}.")
-    return math.log(rate) - math.log1p(-rate)
+    r = _checks.probability(rate, fn, "init_rate")
+    if not isinstance(r, float):
+        raise TypeError(f"jaxdrop.{fn}: `init_rate` must be a number known now, got a traced value.")
+    if not 0.0 < r < 1.0:
+        raise ValueError(f"jaxdrop.{fn}: `init_rate` must be in (0, 1) (0 and 1 have no logit), got {r}.")
+    return math.log(r) - math.log1p(-r)
 
 
 def concrete_dropout(
@@ -130,8 +147,11 @@ def _relaxed(
     dtype = logit.dtype
     p, q = jax.nn.sigmoid(logit), jax.nn.sigmoid(-logit)  # q = 1 - p, without cancellation
     u = prng.uniform(key, shape, dtype, mode=mode)
-    z = jax.nn.sigmoid((jnp.log(p + e) - jnp.log(q + e) + jnp.log(u + e) - jnp.log(1 - u + e)) / t)
-    return (x.astype(dtype) * ((1 - z) / q)).astype(x.dtype)
+    a = (jnp.log(p + e) - jnp.log(q + e) + jnp.log(u + e) - jnp.log(1 - u + e)) / t
+    # (1 - z) / q with z = sigmoid(a), in log space: log_sigmoid(-a) - log_sigmoid(-logit).
+    # Finite, with finite gradients, even where q underflows (p_logit large).
+    scale = jnp.exp(jax.nn.log_sigmoid(-a) - jax.nn.log_sigmoid(-logit))
+    return (x.astype(dtype) * scale).astype(x.dtype)
 
 
 def concrete_dropout_regularizer(

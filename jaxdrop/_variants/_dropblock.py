@@ -64,6 +64,15 @@ def dropblock_gamma(
     >>> dropblock_gamma(0.3, (5, 5), 7)  # block clipped to the map: whole-map drop
     0.3
     """
+    fn = "dropblock_gamma"
+    rate = _checks.probability(rate, fn)
+    spatial_shape = _checks.shape(spatial_shape, fn, "spatial_shape")
+    if len(spatial_shape) not in (2, 3) or 0 in spatial_shape:
+        raise ValueError(
+            f"jaxdrop.{fn}: `spatial_shape` must hold 2 or 3 positive extents (H, W) or (D, H, W), "
+            f"got {spatial_shape}."
+        )
+    block_size = _checks.integer(block_size, fn, "block_size", minimum=1)
     blocks = [min(block_size, s) for s in spatial_shape]
     area = math.prod(spatial_shape)
     valid = math.prod(s - b + 1 for s, b in zip(spatial_shape, blocks, strict=True))
@@ -177,17 +186,27 @@ def dropblock(
       statistic above unchanged.
     - *Small maps.* A block larger than the map is clipped to it, per axis; if it
       covers the whole map, :math:`\gamma = \mathrm{rate}` and each (sample,
-      channel) map is dropped whole with probability ``rate``, like
-      :func:`jaxdrop.channel_dropout`.
+      channel) map is dropped whole with probability ``rate`` (the mask of
+      :func:`jaxdrop.channel_dropout`, with the count-ratio rescaling below).
     - *Normalisation scope.* :math:`|M|` and :math:`\sum M` are counted **per
       sample** (over its spatial axes and channels), not over the whole batch as in
       the TF reference and torchvision. Samples stay independent of each other, the
       result is the same under ``vmap`` over samples, and a batch sharded across
       devices needs no cross-device reduction. With ``batch_axis=None`` the scope
       is the whole array.
-    - *Realised rate.* Blocks overlap, so slightly less than ``rate`` of the
-      elements are dropped (about ``0.094`` for ``rate=0.1``, ``block_size=7`` on a
-      56x56 map); the paper's formula is kept as is.
+    - *Realised rate.* Blocks overlap, so less than ``rate`` of the elements are
+      dropped: element :math:`i`, covered by :math:`n_i` seed positions, is dropped
+      with probability :math:`1 - (1-\gamma)^{n_i}`. That is 0.094 for
+      ``rate=0.1``, ``block_size=7`` on a 56x56 map, but 0.39 for ``rate=0.5``,
+      ``block_size=3`` on 16x16. The paper's formula for :math:`\gamma` is kept as is.
+    - *Expectation.* The count-ratio rescaling keeps each sample's total (for a
+      constant input, a sample that keeps anything keeps its sum), not each
+      element's expectation: a sample whose every element is dropped gives zeros.
+      When the block covers the map, a sample with ``C`` channels is dropped whole
+      with probability :math:`\mathrm{rate}^C`, so for a constant ``x``,
+      :math:`\mathbb{E}[y] = (1 - \mathrm{rate}^C)\,x` (0.5 x for one channel
+      at ``rate=0.5``); with many channels or small blocks it is ``x`` to within
+      that probability.
     - ``rate == 1`` returns zeros (as every jaxdrop function does), also for a
       traced rate.
     - The mask is not stored for the backward pass: it is regenerated from ``key``

@@ -120,6 +120,9 @@ def dropconnect_dense(
             raise ValueError(
                 f"jaxdrop.{fn}: `bias` must have shape (out,) = ({kernel.shape[1]},), got {bias.shape}."
             )
+    rate = _checks.probability(rate, fn)
+    deterministic = _checks.flag(deterministic, fn)
+    mode = _checks.mode(mode, fn)
     w = dropconnect(key, kernel, rate, deterministic=deterministic, mode=mode)
     y = jnp.matmul(x, w)
     return y if bias is None else y + bias

@@ -67,8 +67,8 @@ def dropout(
     is generated inside the fused elementwise computation and regenerated, not
     stored, for the backward pass.
 
-    **Traced rates** are clamped to ``[0, 1]``; use :func:`jaxdrop.checked` to
-    turn an out-of-range traced rate into an error.
+    **Traced rates** are clamped to ``[0, 1]`` (a NaN rate drops everything); use
+    :func:`jaxdrop.checked` to turn an out-of-range traced rate into an error.
 
     >>> import jax, jax.numpy as jnp, jaxdrop
     >>> x = jnp.ones((2, 4))

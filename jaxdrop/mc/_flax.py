@@ -117,7 +117,13 @@ def from_linen(
     from flax import linen
 
     predicate = _default_is_dropout() if is_dropout is None else is_dropout
-    names = (rng_collection,) if isinstance(rng_collection, str) else tuple(rng_collection)
+    names = (
+        (rng_collection,)
+        if isinstance(rng_collection, str)
+        else tuple(rng_collection)
+        if isinstance(rng_collection, Sequence)
+        else ()
+    )
     if not names or not all(isinstance(n, str) for n in names):
         raise TypeError(
             f"jaxdrop.mc.from_linen: `rng_collection` must be a name or a non-empty sequence of names, "

@@ -99,12 +99,7 @@ def weight_decay(
 
 def _drop_rate(rate: Any, fn: str) -> float | jax.Array:
     r = _checks.probability(rate, f"mc.{fn}", "rate")
-    if isinstance(r, float) and r >= 1.0:
-        raise ValueError(
-            f"jaxdrop.mc.{fn}: `rate` is the DROP probability and must be < 1 (keep probability "
-            f"1 - rate > 0), got {r}."
-        )
-    return r
+    return _checks.below_one(r, f"mc.{fn}", "it is the DROP probability; the keep probability 1 - rate must be > 0")
 
 
 class Regression(NamedTuple):
@@ -278,8 +273,9 @@ def log_likelihood(
             f"jaxdrop.mc.{fn}: `samples` must have shape (T,) + y.shape = (T,) + {yy.shape}, "
             f"got {s.shape}."
         )
-    if not isinstance(event_ndims, int) or isinstance(event_ndims, bool) or not 0 <= event_ndims <= yy.ndim:
-        raise ValueError(f"jaxdrop.mc.{fn}: `event_ndims` must be an int in [0, y.ndim={yy.ndim}], got {event_ndims!r}.")
+    event_ndims = _checks.integer(event_ndims, f"mc.{fn}", "event_ndims")
+    if event_ndims > yy.ndim:
+        raise ValueError(f"jaxdrop.mc.{fn}: `event_ndims` must be an int in [0, y.ndim={yy.ndim}], got {event_ndims}.")
     t = jnp.asarray(_checks.positive(tau, f"mc.{fn}", "tau"), s.dtype)
     sq = jnp.square(yy.astype(s.dtype) - s)
     axes = tuple(range(s.ndim - event_ndims, s.ndim))
