@@ -90,10 +90,10 @@ def check_layer(layer: Any, api: str) -> None:
     """
     fn = f"{api}.{type(layer).__name__}"
     _checks.mode(getattr(layer, "mode", "exact"), fn)
-    rate = getattr(layer, "rate", None)
-    if rate is not None and _checks.is_concrete(rate):
+    rate = getattr(layer, "rate", 0.0)
+    if _checks.is_concrete(rate):
         meaning = "the probability of keeping h_prev" if type(layer).__name__ == "Zoneout" else None
         _checks.probability(rate, fn, meaning=meaning)
-    stddev = getattr(layer, "stddev", None)
-    if stddev is not None and _checks.is_concrete(stddev):
+    stddev = getattr(layer, "stddev", 0.0)
+    if _checks.is_concrete(stddev):
         _checks.nonnegative(stddev, fn, "stddev")

@@ -97,8 +97,9 @@ def _check_shapes(query: jax.Array, key: jax.Array, value: jax.Array | None = No
     names = "q, k" if value is None else "q, k, v"
     if any(a.ndim < 3 for a in arrays):
         shapes = ", ".join(str(a.shape) for a in arrays)
+        given = "`query`, `key`" + ("" if value is None else ", `value`")
         raise ValueError(
-            f"jaxdrop.{_FN}: {names} need at least 3 axes [batch..., length, heads, depth], got shapes {shapes}."
+            f"jaxdrop.{_FN}: {given} need at least 3 axes [batch..., length, heads, depth], got shapes {shapes}."
         )
     if not all(a.ndim == arrays[0].ndim for a in arrays[1:]):
         ndims = ", ".join(str(a.ndim) for a in arrays)
@@ -167,8 +168,13 @@ def _arguments(
     is_causal = _checks.flag(is_causal, fn, "is_causal")
     _checks.mode(mode, fn)
     for name, arr in arrays.items():
-        if arr is None:
-            raise TypeError(f"jaxdrop.{fn}: `{name}` must be an array, got None.")
+        dtype_ = getattr(arr, "dtype", None)
+        if (
+            arr is None
+            or isinstance(arr, (str, bytes))
+            or (dtype_ is not None and not (jnp.issubdtype(dtype_, jnp.number) or jnp.issubdtype(dtype_, jnp.bool_)))
+        ):
+            raise TypeError(f"jaxdrop.{fn}: `{name}` must be a floating-point array, got {arr!r}.")
     promoted = _promote(tuple(arrays.values()), dtype, promote_dtype)
     _check_shapes(*promoted)
     query, key = promoted[:2]
@@ -191,7 +197,7 @@ def _dropout_key(dropout_rng: Any) -> jax.Array:
     if dropout_rng is None:
         raise TypeError(
             f"jaxdrop.{_FN}: dropout is applied (dropout_rate > 0 and deterministic=False) but "
-            "dropout_rng is None. Pass dropout_rng=jax.random.key(...) (Flax layers draw it from the "
+            "`dropout_rng` is None. Pass dropout_rng=jax.random.key(...) (Flax layers draw it from the "
             "'dropout' stream), or deterministic=True for evaluation."
         )
     return prng.as_key(dropout_rng, fn=_FN, signature="query, key, value, ..., dropout_rng=key")

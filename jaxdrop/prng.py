@@ -496,6 +496,9 @@ def normal(
     >>> bool((normal(k, (4,)) == jax.random.normal(k, (4,))).all())
     True
     """
+    key = as_key(key, fn="prng.normal", signature="key, shape")
+    shape = _checks.shape(shape, "prng.normal")
+    _checks.mode(mode, "prng.normal")
     dtype = _float_dtype(dtype, "prng.normal")
     lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
     u = uniform(key, shape, dtype, lo, 1.0, mode=mode, global_shape=global_shape, index_offset=index_offset)
@@ -525,7 +528,16 @@ def bernoulli(
     >>> bool((bernoulli(k, 0.3, (6,)) == jax.random.bernoulli(k, 0.3, (6,))).all())
     True
     """
+    key = as_key(key, fn="prng.bernoulli", signature="key, p, shape")
     shape = _checks.shape(shape, "prng.bernoulli")
+    _checks.mode(mode, "prng.bernoulli")
+    p_dtype = getattr(p, "dtype", None)
+    if (
+        isinstance(p, (bool, np.bool_, str, bytes, complex))
+        or p is None
+        or (p_dtype is not None and not (jnp.issubdtype(p_dtype, jnp.floating) or jnp.issubdtype(p_dtype, jnp.integer)))
+    ):
+        raise TypeError(f"jaxdrop.prng.bernoulli: `p` must be a real probability (scalar or array), got {p!r}.")
     p = jnp.asarray(p)
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jax.dtypes.canonicalize_dtype(jnp.float64))

@@ -433,7 +433,7 @@ def test_nnx_layer_swap_keeps_state_and_output():
         ({}, ((2, 5, 2, 4), (5, 2, 4), (5, 2, 4)), ValueError, "same rank"),
         ({"dropout_rate": 1.5, "dropout_rng": KEY}, None, ValueError, r"in \[0, 1\]"),
         ({"dropout_rate": -0.1, "dropout_rng": KEY}, None, ValueError, r"in \[0, 1\]"),
-        ({"dropout_rate": 0.1}, None, TypeError, "dropout_rng is None"),
+        ({"dropout_rate": 0.1}, None, TypeError, "`dropout_rng` is None"),
         ({"dropout_rate": 0.1, "dropout_rng": 3}, None, TypeError, "PRNG key"),
         ({"implementation": "flash"}, None, ValueError, "unknown implementation"),
         ({"implementation": "blockwise", "block_size": 0}, None, ValueError, "block_size"),

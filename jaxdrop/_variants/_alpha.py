@@ -109,7 +109,7 @@ def _alpha(
 
 
 def _alpha_common(
-    fn: str, key: ArrayLike, x: ArrayLike, rate: float | ArrayLike, deterministic: bool, mode: Mode
+    fn: str, key: ArrayLike, x: ArrayLike, rate: float | jax.Array, deterministic: bool, mode: Mode
 ) -> tuple[jax.Array, jax.Array, float | jax.Array, Mode, bool]:
     key = prng.as_key(key, fn=fn)
     x = _checks.float_array(x, fn)
@@ -123,7 +123,7 @@ def _alpha_common(
 def alpha_dropout(
     key: ArrayLike,
     x: ArrayLike,
-    rate: float | ArrayLike,
+    rate: float | jax.Array,
     *,
     broadcast_dims: Sequence[int] = (),
     deterministic: bool = False,
@@ -183,7 +183,7 @@ def alpha_dropout(
 def feature_alpha_dropout(
     key: ArrayLike,
     x: ArrayLike,
-    rate: float | ArrayLike,
+    rate: float | jax.Array,
     *,
     channel_axis: int = -1,
     batch_axis: int | None = 0,

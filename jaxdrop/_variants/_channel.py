@@ -15,7 +15,7 @@ __all__ = ["channel_dropout"]
 def channel_dropout(
     key: ArrayLike,
     x: ArrayLike,
-    rate: float | ArrayLike,
+    rate: float | jax.Array,
     *,
     channel_axis: int = -1,
     batch_axis: int | None = 0,

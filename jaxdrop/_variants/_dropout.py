@@ -19,7 +19,7 @@ __all__ = ["dropout", "keep_mask"]
 def dropout(
     key: ArrayLike,
     x: ArrayLike,
-    rate: float | ArrayLike,
+    rate: float | jax.Array,
     *,
     broadcast_dims: Sequence[int] = (),
     deterministic: bool = False,
@@ -93,7 +93,7 @@ def dropout(
 def keep_mask(
     key: ArrayLike,
     shape: Sequence[int],
-    rate: float | ArrayLike,
+    rate: float | jax.Array,
     *,
     broadcast_dims: Sequence[int] = (),
     mode: Mode = "exact",
