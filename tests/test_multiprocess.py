@@ -63,7 +63,10 @@ class Launch:
         self.role, self.out, self.start = role, out, time.monotonic()
         port = distributed.free_port()
         base = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        base.pop("JAX_COMPILATION_CACHE_DIR", None)
+        # The relaunch reuses the killed run's compiled programs (JAX's persistent cache).
+        base["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.path.dirname(out), "jax-cache")
+        base["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        base["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
         self.procs: list[subprocess.Popen[str]] = []
         self.lines: list[list[str]] = [[] for _ in range(n)]
         self.ended_at: list[float | None] = [None] * n
@@ -220,9 +223,11 @@ def test_another_key_changes_the_masks(one_device_masks):
     # The comparisons above can fail: a different key changes every function's output.
     cases = list(CASES)
     xs, _ = _inputs(cases)
-    other = jax.device_get(jax.jit(_forward(cases))(jax.random.key(43), xs))
-    same = [c.id for c in cases if np.allclose(other[c.id], one_device_masks[c.id], atol=1e-3)]
-    assert not same, f"key 43 gives key 42's output for {same}"
+    fn = jax.jit(_forward(cases))
+    others = [jax.device_get(fn(jax.random.key(k), xs)) for k in (43, 44)]
+    # (Batch-wise drop_path keeps or drops the whole batch: one draw, which two keys can share.)
+    same = [c.id for c in cases if all(np.allclose(o[c.id], one_device_masks[c.id], atol=1e-3) for o in others)]
+    assert not same, f"keys 43 and 44 give key 42's output for {same}"
 
 
 # ------------------------------------------------------------------ MC dropout
@@ -245,9 +250,8 @@ def test_mc_dropout_with_the_batch_sharded_across_processes(runs):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("role", ["fault", "four"])
-def test_bad_input_gives_clear_errors_across_processes(runs, role):
-    errors = _load(runs, role, "main-checks.json")["errors"]
+def test_bad_input_gives_clear_errors_across_processes(runs):
+    errors = _load(runs, "fault", "main-checks.json")["errors"]
     assert errors.get("bad_input", "missing") is None, errors.get("bad_input")
 
 
