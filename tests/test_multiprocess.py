@@ -343,6 +343,26 @@ def test_launch_local_timeout():
         distributed.launch_local(_script("time.sleep(60)"), 2, timeout=0.5)
 
 
+def test_processes_launched_with_different_counts_get_a_clear_error(tmp_path):
+    port = distributed.free_port()
+    code = "from jaxdrop import distributed; distributed.initialize(initialization_timeout=60); print('joined')"
+    base = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = []
+    for i, n in ((0, 2), (1, 3)):  # process 1 was told there are 3 processes
+        env = distributed.worker_env(i, n, port, heartbeat_timeout_seconds=HEARTBEAT, env=base)
+        with open(tmp_path / f"err{i}", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=err))
+    try:
+        procs[1].wait(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    err = (tmp_path / "err1").read_text()
+    assert procs[1].returncode not in (0, None)
+    assert "was told num_processes=3, but the runtime it joined has 2 processes" in err, err[-2000:]
+
+
 def test_initialize_rejects_a_process_id_outside_the_count():
     with pytest.raises(ValueError, match=r"process_id=2 is outside \[0, 2\)"):
         distributed.initialize("127.0.0.1:1", num_processes=2, process_id=2)
