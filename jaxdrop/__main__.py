@@ -22,8 +22,10 @@ rates, epochs, seed, checkpoints and resuming, output files).
 distributed runtime (:mod:`jaxdrop.distributed`), data-parallel: each process
 loads its share of every batch, the parameters are replicated, and process 0
 prints the table. The batches and dropout masks are those of the one-process
-run; only the rounding of the gradient's sum over the batch differs, so the
-errors match to within an example or two (see ``docs/multihost.md``).
+run; only the rounding of the gradient's sum over the batch differs, and over
+hundreds of steps that drift changes a few test predictions (seed 0, 40
+epochs: 7.93 % / 5.43 % on 2 processes against 7.90 % / 5.90 % on one). See
+``docs/multihost.md``.
 """
 
 from __future__ import annotations
