@@ -17,6 +17,15 @@ on 4,000 digits: 5.2 % against 4.2 % after 30 epochs).
 
 Run ``python -m jaxdrop --help`` for the options (dataset, model, variant,
 rates, epochs, seed, checkpoints and resuming, output files).
+
+``--processes N`` runs the same training as N local processes joined by JAX's
+distributed runtime (:mod:`jaxdrop.distributed`), data-parallel: each process
+loads its share of every batch, the parameters are replicated, and process 0
+prints the table. The batches and dropout masks are those of the one-process
+run; only the rounding of the gradient's sum over the batch differs, and over
+hundreds of steps that drift changes a few test predictions (seed 0, 40
+epochs: 7.93 % / 5.43 % on 2 processes against 7.90 % / 5.90 % on one). See
+``docs/multihost.md``.
 """
 
 from __future__ import annotations
@@ -162,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--history", metavar="PATH", help="also write both runs' metrics to a .json or .csv file")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    dist = p.add_argument_group("several processes (jax.distributed, on this machine)")
+    dist.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="train data-parallel as this many local processes (default 1: this process alone)",
+    )
+    dist.add_argument(
+        "--devices-per-process",
+        type=_positive_int,
+        default=1,
+        help="simulated CPU devices per process with --processes (default 1)",
+    )
     return p
 
 
@@ -185,6 +207,12 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--history must end in .json or .csv")
     if not args.output.lower().endswith(".png"):
         p.error("--output must end in .png")
+    n_data = args.processes * args.devices_per_process
+    if args.batch_size % n_data:
+        p.error(
+            f"--batch-size {args.batch_size} does not split over {args.processes} process(es) x "
+            f"{args.devices_per_process} device(s): use a multiple of {n_data}"
+        )
     if args.variant in ("alpha", "gaussian") and args.rate >= 1.0:  # pragma: no cover - _rate excludes 1
         p.error("--rate must be below 1 for this variant")
 
@@ -311,11 +339,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     jaxdrop: error: argument --rate: a drop probability must be in [0, 1), got 2.0
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     _check_args(parser, args)
     start = time.perf_counter()
 
+    from jaxdrop import distributed
+
+    worker = os.environ.get(distributed.ENV_PROCESS_ID) is not None
+    if (args.processes > 1 or args.devices_per_process > 1) and not worker:
+        # The launcher: the same command as local workers, which do the training.
+        try:
+            distributed.launch_local(
+                [sys.executable, "-m", "jaxdrop", *argv], args.processes, devices_per_process=args.devices_per_process
+            )
+        except distributed.WorkerError as e:
+            print(f"jaxdrop: error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if worker:
+        distributed.initialize()
+
     import jax
+    import numpy as np
     import optax
 
     from jaxdrop import data
@@ -335,7 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size > len(train):
         parser.error(f"--batch-size {args.batch_size} exceeds the {len(train)} training examples")
     title = _describe(args, ds, len(train), len(test))
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    mesh = None
+    if worker:
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+        title += f", data-parallel over {jax.process_count()} processes x {jax.local_device_count()} devices"
+    lead = jax.process_index() == 0  # the process that prints and writes files
+    log = (lambda *a: None) if args.quiet or not lead else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(title)
 
     labels = {"no_dropout": "no dropout", "dropout": _dropout_label(args)}
@@ -344,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in RUN_NAMES:
         # Same initial weights (model seed) and the same data order for both runs.
         model = _make_model(args, ds, dropout=(run == "dropout"), seed=args.seed)
-        trainer = Trainer(model, optax.sgd(args.lr, momentum=args.momentum), max_norm=args.max_norm)
+        trainer = Trainer(model, optax.sgd(args.lr, momentum=args.momentum), max_norm=args.max_norm, mesh=mesh)
         state = trainer.init(k_train)
         ckpt = os.path.join(args.checkpoint_dir, run) if args.checkpoint_dir else None
         try:
@@ -354,9 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 epochs=args.epochs,
                 eval_data={"train": train, "test": test},
+                eval_batch_size=1000 - 1000 % (args.processes * args.devices_per_process),
                 checkpoint_dir=ckpt,
                 resume=args.resume,
-                progress=not args.quiet,
+                progress=not args.quiet and lead,
                 desc=labels[run],
             )
         except CheckpointError as e:
@@ -370,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         last = hist[-1]
         finals[run] = (last["train_error"], last["test_error"])
 
+    if not lead:
+        return 0
     print()
     print(title)
     print(format_table([(labels[r], *finals[r]) for r in RUN_NAMES]))

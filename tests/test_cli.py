@@ -72,6 +72,25 @@ def test_resume_continues_from_the_demo_checkpoints(demo_run, tmp_path, capsys, 
     assert "--resume" in capsys.readouterr().err
 
 
+def test_two_processes_reach_the_errors_of_one(demo_run, tmp_path):
+    """``--processes 2``: two local workers (jax.distributed, gloo), the batch split between them."""
+    _, proc = demo_run
+    assert proc.returncode == 0, proc.stderr
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
+    two = subprocess.run(
+        [sys.executable, "-m", "jaxdrop", *SMALL, "--quiet", "--processes", "2", "--output", str(tmp_path / "c.png")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "data-parallel over 2 processes x 1 devices" in two.stdout
+    assert two.stdout.count("train error") == 1, "only process 0 prints the table"
+    for a, b in zip(table_lines(two.stdout)[1:], table_lines(proc.stdout)[1:], strict=True):
+        # The same batches and masks; only the gradient's rounding differs: at most 0.1 point (3 test digits).
+        errors_2 = [float(v) for v in a.split()[-6::2]]
+        errors_1 = [float(v) for v in b.split()[-6::2]]
+        assert errors_2 == pytest.approx(errors_1, abs=0.11), (a, b)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -90,6 +109,8 @@ def test_resume_continues_from_the_demo_checkpoints(demo_run, tmp_path, capsys, 
         (["--history", "h.txt"], ".json or .csv"),
         (["--test-fraction", "1"], "fraction in (0, 1)"),
         (["--no-such-option"], "unrecognized arguments"),
+        (["--processes", "3"], "--batch-size 100 does not split over 3 process(es) x 1 device(s): use a multiple of 3"),
+        (["--processes", "0"], "expected a positive integer"),
     ],
 )
 def test_bad_options_are_argparse_errors(capsys, argv, message):
@@ -105,7 +126,7 @@ def test_help_lists_the_options(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--dataset", "--model", "--variant", "--rate", "--epochs", "--seed", "--checkpoint-dir", "--resume", "--output", "--quiet"):
+    for option in ("--dataset", "--model", "--variant", "--rate", "--epochs", "--seed", "--checkpoint-dir", "--resume", "--output", "--quiet", "--processes"):
         assert option in text
 
 

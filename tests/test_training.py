@@ -443,3 +443,27 @@ def test_bad_arguments_raise_clear_errors(trainer, data, reference):
         trainer.init(0)
     with pytest.raises(ValueError, match="sample_input"):
         Trainer(models.LinenMLP(hidden=(4,)), optax.sgd(0.1)).init(jax.random.key(0))
+
+
+def test_mesh_option_on_one_process(trainer, data, tmp_path):
+    """Trainer(mesh=...) on this process's single device: the same run; a batch that does not
+    split raises; a checkpoint from another layout resumes with a warning."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    on_mesh = make_trainer(mesh=mesh)
+    state0 = trainer.init(jax.random.key(0))
+    want, _ = trainer.fit(state0, data, batch_size=BATCH, steps=3, progress=False)
+    got, _ = on_mesh.fit(on_mesh.init(jax.random.key(0)), data, batch_size=BATCH, steps=3, progress=False)
+    assert_same(got, want)
+    with pytest.raises(ValueError, match="not an axis of the mesh"):
+        make_trainer(mesh=mesh, data_axis="batch")
+    with pytest.raises(TypeError, match=r"jax\.sharding\.Mesh"):
+        make_trainer(mesh="data")
+    # A checkpoint recorded as written with the batch over 8 devices in 2 processes.
+    directory = str(tmp_path / "ckpt")
+    ckpt = Checkpointer(directory)
+    layout = {"processes": 2, "data_devices": 8, "mesh": {"data": 8}}
+    ckpt.save(want, {"history": [], "epoch_acc": {"loss": 0.0, "accuracy": 0.0, "n": 0, "skipped": 0}, "layout": layout})
+    ckpt.close()
+    with pytest.warns(RuntimeWarning, match=r"over 8 device\(s\) in 2 process\(es\).*not be bit-identical"):
+        resumed, _ = trainer.fit(state0, data, batch_size=BATCH, steps=3, checkpoint_dir=directory, progress=False)
+    assert_same(resumed, want)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrop.training._errors import CheckpointError
+from jaxdrop.training._placement import host_value
 from jaxdrop.training._state import PyTree, TrainState
 
 __all__ = ["STATE_FIELDS", "Checkpointer", "CorruptCheckpoint", "checksum", "fingerprint"]
@@ -30,9 +31,10 @@ def fingerprint(tree: PyTree) -> str:
 
 
 def checksum(tree: PyTree) -> str:
+    """SHA-256 of every leaf's dtype, shape and bytes; the same on every process of a distributed run."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
-        a = np.ascontiguousarray(np.asarray(leaf))
+        a = np.ascontiguousarray(host_value(leaf))
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -58,6 +60,14 @@ class Checkpointer:
     ignored from then on), and the previous one is tried. A checkpoint written
     for a different model or optimizer (another fingerprint) raises
     :class:`CheckpointError` instead, and is left alone.
+
+    In a multi-process run (``jax.distributed``) every process creates the
+    Checkpointer and calls :meth:`save` and :meth:`restore_latest` together:
+    orbax coordinates the write (each array written once, the checkpoint
+    finalised when all processes are done), every process computes the same
+    checksum (replicated arrays from their local copy, others gathered), and
+    a restore places the arrays like the template's (a checkpoint of
+    replicated state written by 2 processes restores in 1, and vice versa).
 
     Args:
       directory: where the checkpoints live (created if missing).
@@ -181,10 +191,18 @@ class Checkpointer:
     def _quarantine(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))
         dst = os.path.join(self.directory, f"corrupt-{step}-{time.time_ns()}")
-        try:
-            os.rename(src, dst)
-        except OSError:
-            return "(could not move it)"
+        multi = jax.process_count() > 1
+        if multi:  # every process has found it corrupt (same checksum); process 0 moves it
+            self._ocp.multihost.sync_global_processes(f"jaxdrop_quarantine_{step}_found")
+        if jax.process_index() == 0:
+            try:
+                os.rename(src, dst)
+            except OSError:
+                dst = "(could not move it)"
+        else:
+            dst = os.path.join(self.directory, f"corrupt-{step}-* (moved by process 0)")
+        if multi:
+            self._ocp.multihost.sync_global_processes(f"jaxdrop_quarantine_{step}_moved")
         self._manager.reload()
         return dst
 

@@ -22,6 +22,7 @@ from jaxdrop.training._checkpoint import Checkpointer
 from jaxdrop.training._constraints import cross_entropy_loss, is_kernel, max_norm, tree_all_finite
 from jaxdrop.training._errors import CheckpointError, NonFiniteError
 from jaxdrop.training._history import write_history
+from jaxdrop.training._placement import DataParallel, host_value, layout
 from jaxdrop.training._state import PyTree, TrainState
 
 __all__ = ["Trainer"]
@@ -184,6 +185,19 @@ class Trainer:
         good state. ``"skip"``: the update is skipped (parameters, optimizer
         and model state unchanged, as ``optax.apply_if_finite`` does), the step
         counter advances, and the epoch's ``skipped`` count records it.
+      mesh: train data-parallel on this ``jax.sharding.Mesh``, which may span
+        several processes (``jax.distributed``; see ``docs/multihost.md``). The
+        state is replicated on every device; each batch is split along
+        ``data_axis`` and every process loads only the rows its own devices
+        hold (``jax.make_array_from_process_local_data``), so the global batches
+        are those of a one-process run, in the same order. ``batch_size`` and
+        ``eval_batch_size`` must be multiples of the data axis' size. Every
+        process runs the same :meth:`fit` call (same data, same key);
+        checkpoints are written by all of them together (orbax) and hold the
+        replicated state, so they restore on any layout. ``None`` (default):
+        one device.
+      data_axis: the mesh axis the batch is split along (default ``"data"``);
+        the state is replicated along every axis.
 
     >>> import jax, optax
     >>> from flax import nnx
@@ -212,6 +226,8 @@ class Trainer:
         rate_filter: RateFilter | None = None,
         train_flag: str | Literal["auto"] | None = "auto",
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        mesh: jax.sharding.Mesh | None = None,
+        data_axis: str = "data",
     ):
         fn = "training.Trainer"
         if on_nonfinite not in ("raise", "skip"):
@@ -245,8 +261,16 @@ class Trainer:
         if decay:
             parts.append(optax.add_decayed_weights(decay, mask=lambda p: jax.tree_util.tree_map_with_path(is_kernel, p)))
         self.tx = optax.chain(*parts, optimizer) if parts else optimizer
-        self.train_step = jax.jit(self._train_step)
-        self._eval_batch = jax.jit(self._eval_batch_impl)
+        self._dp = None if mesh is None else DataParallel(mesh, data_axis, fn)
+        self.mesh = mesh
+        self.data_axis = data_axis
+        if self._dp is None:
+            self.train_step = jax.jit(self._train_step)
+            self._eval_batch = jax.jit(self._eval_batch_impl)
+        else:
+            # Outputs replicated: the parameters stay identical on every device and process.
+            self.train_step = jax.jit(self._train_step, out_shardings=self._dp.replicated)
+            self._eval_batch = jax.jit(self._eval_batch_impl, out_shardings=self._dp.replicated)
         self._predict = jax.jit(self._predict_impl)
 
     # -- state ---------------------------------------------------------------
@@ -272,6 +296,14 @@ class Trainer:
             data_key=jax.random.key_data(k_data),
             key_impl=impl,
         )
+
+    def place(self, state: TrainState) -> TrainState:
+        """``state`` replicated on every device of the Trainer's mesh (unchanged without a mesh).
+
+        With several processes each must pass the same state (e.g. from
+        :meth:`init` with the same key); :meth:`fit` places its state itself.
+        """
+        return state if self._dp is None else self._dp.replicate(state)
 
     def model_from(self, state: TrainState) -> Any:
         """The trained model: ``state``'s parameters and model state (batch statistics...) in the model.
@@ -349,12 +381,20 @@ class Trainer:
 
         Batches of exactly ``batch_size`` examples (the last one, or a smaller
         dataset, padded and masked), so one compilation serves every dataset.
+        With a mesh, each batch is split over the data axis like training
+        batches (``batch_size`` a multiple of its size); every process passes
+        the same ``data``.
         """
         ds = _as_dataset(data, "data")
         n = len(ds)
         if n == 0:
             raise ValueError("jaxdrop.training.Trainer.evaluate: `data` is an empty dataset.")
         bs = _checks.count(batch_size, "training.Trainer.evaluate", "batch_size")
+        dp = self._dp
+        if dp is not None:
+            dp.check_batch(bs, "training.Trainer.evaluate", "batch_size")
+            state = dp.replicate(state)
+            lo, hi = dp.local_rows(bs)
         loss_sum, correct = 0.0, 0.0
         for start in range(0, n, bs):
             xb, yb = ds.x[start : start + bs], ds.y[start : start + bs]
@@ -365,7 +405,10 @@ class Trainer:
                 xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
                 yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
                 w[m:] = 0.0
-            ls, c = self._eval_batch(state, xb, yb, w)
+            batch: tuple[Any, ...] = (xb, yb, w)
+            if dp is not None:  # this process's rows of the (padded) global batch
+                batch = tuple(dp.batch(a[lo:hi], bs) for a in batch)
+            ls, c = self._eval_batch(state, *batch)
             loss_sum += float(ls)
             correct += float(c)
         acc = correct / n
@@ -437,10 +480,20 @@ class Trainer:
         Raises:
           NonFiniteError: a non-finite loss or gradient with ``on_nonfinite="raise"``.
           CheckpointError: see ``resume`` and :meth:`Checkpointer.restore_latest`.
+          ValueError: with a mesh, a ``batch_size`` or ``eval_batch_size`` that
+            does not split evenly over the data axis; with several processes
+            (``jax.distributed``), a Trainer without a mesh.
         """
+        if self._dp is None and jax.process_count() > 1:
+            raise ValueError(
+                f"jaxdrop.{_FIT}: this program runs as {jax.process_count()} processes (jax.distributed), but the "
+                f"Trainer has no mesh, so every process would train alone on its own devices. Pass "
+                f"Trainer(..., mesh=jax.make_mesh((jax.device_count(),), ('data',))) to train data-parallel."
+            )
         plan = self._plan(
             train, batch_size, epochs, steps, shuffle, eval_data, eval_every, eval_batch_size, save_every
         )
+        state = self.place(state)
         ckpt, state, log = self._resume(state, checkpoint_dir, max_to_keep, resume)
         start = int(state.step)
         if start > plan.total:
@@ -486,6 +539,11 @@ class Trainer:
         """Validate :meth:`fit`'s arguments into a :class:`_Plan`."""
         ds = _as_dataset(train, "train")
         bs = _checks.count(batch_size, _FIT, "batch_size")
+        ebs = _checks.count(eval_batch_size, _FIT, "eval_batch_size")
+        if self._dp is not None:
+            self._dp.check_batch(bs, _FIT, "batch_size")
+            if eval_data:
+                self._dp.check_batch(ebs, _FIT, "eval_batch_size")
         spe = num_batches(len(ds), bs)
         if spe == 0:
             raise ValueError(
@@ -506,7 +564,7 @@ class Trainer:
             save_every=_checks.count(spe if save_every is None else save_every, _FIT, "save_every"),
             eval_every=_checks.count(eval_every, _FIT, "eval_every"),
             evals={name: _as_dataset(d, name) for name, d in (eval_data or {}).items()},
-            eval_batch_size=_checks.count(eval_batch_size, _FIT, "eval_batch_size"),
+            eval_batch_size=ebs,
         )
 
     def _resume(
@@ -528,6 +586,18 @@ class Trainer:
         if found is None:
             return ckpt, state, _Log()
         state, meta = found
+        here = layout(self.mesh, self.data_axis)
+        there = meta.get("layout")
+        if there is not None and there.get("data_devices") != here["data_devices"]:
+            warnings.warn(
+                f"jaxdrop.{_FIT}: resuming from checkpoint {int(state.step)} in {ckpt.directory}, written with the "
+                f"batch split over {there.get('data_devices')} device(s) in {there.get('processes')} process(es); "
+                f"this run splits it over {here['data_devices']} in {here['processes']}. The run continues "
+                f"correctly (same batches, same dropout masks), but the gradient's sum over the batch is rounded "
+                f"in another order, so it will not be bit-identical to an uninterrupted run on the old layout.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         log = _Log(history=list(meta.get("history", [])))
         log.sums.update(meta.get("epoch_acc", {}))
         return ckpt, state, log
@@ -544,12 +614,19 @@ class Trainer:
     ) -> tuple[TrainState, int]:
         """Train from ``step`` to the end of its epoch (or of the run)."""
         epoch, first = divmod(step, plan.steps_per_epoch)
-        n = len(plan.data)
-        order = epoch_permutation(state.shuffle_key(), n, epoch) if plan.shuffle else np.arange(n)
+        n, bs, dp = len(plan.data), plan.batch_size, self._dp
+        # The order from a host copy of the data key: the same on every process.
+        data_key = jax.random.wrap_key_data(jnp.asarray(host_value(state.data_key)), impl=state.key_impl)
+        order = epoch_permutation(data_key, n, epoch) if plan.shuffle else np.arange(n)
         end = min((epoch + 1) * plan.steps_per_epoch, plan.total)
         for b in range(first, first + end - step):
-            idx = order[b * plan.batch_size : (b + 1) * plan.batch_size]
-            state, metrics, loss, finite = self._guarded_step(state, plan.data.x[idx], plan.data.y[idx], ckpt, (epoch, b))
+            idx = order[b * bs : (b + 1) * bs]
+            if dp is None:
+                x, y = plan.data.x[idx], plan.data.y[idx]
+            else:  # only this process's rows of the global batch
+                lo, hi = dp.local_rows(bs)
+                x, y = dp.batch(plan.data.x[idx[lo:hi]], bs), dp.batch(plan.data.y[idx[lo:hi]], bs)
+            state, metrics, loss, finite = self._guarded_step(state, x, y, ckpt, (epoch, b))
             step += 1
             log.add(metrics, finite, loss)
             bar.update(1)
@@ -558,7 +635,7 @@ class Trainer:
             if plan.closes_record(step):
                 log.commit(log.record(step, plan.epoch_value(step), self._evaluations(state, plan)))
             if ckpt is not None and (step % plan.save_every == 0 or step == plan.total):
-                ckpt.save(state, log.meta())
+                ckpt.save(state, {**log.meta(), "layout": layout(self.mesh, self.data_axis)})
                 if on_save is not None:
                     on_save(step)
         return state, step
