@@ -29,7 +29,7 @@ from jaxdrop.data import Dataset
 from jaxdrop.training import Trainer, cross_entropy_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N, D, C, BATCH = 32, 8, 4, 8
+N, D, C, BATCH = 32, 16, 4, 8  # every hidden layer is D wide, so eager ops share compilations
 
 
 def toy(n: int = N, d: int = D, c: int = C, seed: int = 0) -> Dataset:
@@ -41,7 +41,9 @@ def toy(n: int = N, d: int = D, c: int = C, seed: int = 0) -> Dataset:
 
 def leaves_equal(a, b) -> bool:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=False))
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=True))
 
 
 def run_steps(trainer: Trainer, state, data: Dataset, steps: int):
@@ -139,7 +141,7 @@ def test_readme_nnx_model_trains_and_comes_back(readme, mnist_like):
 class LinenBN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Dense(16)(x)
+        x = nn.Dense(D)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
         x = jdl.Dropout(0.3, deterministic=not train)(nn.relu(x))
         return nn.Dense(C)(x)
@@ -205,10 +207,10 @@ def test_linen_scan_over_layers_with_dropout_inside():
 
 class NnxBN(nnx.Module):
     def __init__(self, rngs):
-        self.lin = nnx.Linear(D, 16, rngs=rngs)
-        self.bn = nnx.BatchNorm(16, momentum=0.5, rngs=rngs)
+        self.lin = nnx.Linear(D, D, rngs=rngs)
+        self.bn = nnx.BatchNorm(D, momentum=0.5, rngs=rngs)
         self.drop = jdn.Dropout(0.3, rngs=rngs)
-        self.out = nnx.Linear(16, C, rngs=rngs)
+        self.out = nnx.Linear(D, C, rngs=rngs)
 
     def __call__(self, x):
         return self.out(self.drop(nnx.relu(self.bn(self.lin(x)))))
@@ -279,9 +281,9 @@ def test_explicit_train_flag_and_its_polarity(module, flag, in_training):
 
 class NnxDrops(nnx.Module):
     def __init__(self, rate, rngs):
-        self.lin = nnx.Linear(D, 32, rngs=rngs)
+        self.lin = nnx.Linear(D, D, rngs=rngs)
         self.drop = jdn.Dropout(rate, rngs=rngs)
-        self.out = nnx.Linear(32, C, rngs=rngs)
+        self.out = nnx.Linear(D, C, rngs=rngs)
 
     def __call__(self, x):
         return self.out(self.drop(nnx.relu(self.lin(x))))
@@ -292,7 +294,7 @@ class LinenDrops(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        h = nn.relu(nn.Dense(32)(x))
+        h = nn.relu(nn.Dense(D)(x))
         return nn.Dense(C)(jdl.Dropout(self.rate, deterministic=not train)(h))
 
 
@@ -332,10 +334,10 @@ class TwoKinds(nnx.Module):
     """A jaxdrop Dropout and a GaussianDropout, both off (rate 0), keys given at call time."""
 
     def __init__(self, rngs):
-        self.lin = nnx.Linear(D, 32, rngs=rngs)
+        self.lin = nnx.Linear(D, D, rngs=rngs)
         self.drop = jdn.Dropout(0.0)
         self.noise = jdn.GaussianDropout(0.0)
-        self.out = nnx.Linear(32, C, rngs=rngs)
+        self.out = nnx.Linear(D, C, rngs=rngs)
 
     def __call__(self, x, rngs=None):
         return self.out(self.noise(self.drop(nnx.relu(self.lin(x)), rngs=rngs), rngs=rngs))
@@ -528,9 +530,9 @@ class StreamNet(nnx.Module):
     """Draws its dropout keys from an nnx.Rngs stream it holds; its rate is an array."""
 
     def __init__(self, rngs):
-        self.lin = nnx.Linear(D, 16, rngs=rngs)
+        self.lin = nnx.Linear(D, D, rngs=rngs)
         self.drop = jdn.Dropout(jnp.asarray(0.5), rngs=rngs)
-        self.out = nnx.Linear(16, C, rngs=rngs)
+        self.out = nnx.Linear(D, C, rngs=rngs)
 
     def __call__(self, x):
         return self.out(self.drop(nnx.relu(self.lin(x))))

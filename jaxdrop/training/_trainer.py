@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import warnings
@@ -16,104 +15,19 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxdrop import _checks, prng
-from jaxdrop.data import Dataset, epoch_permutation, num_batches
+from jaxdrop.data import epoch_permutation, num_batches
 from jaxdrop.training._adapters import LinenAdapter, NnxAdapter, RateFilter, make_adapter
 from jaxdrop.training._checkpoint import Checkpointer
 from jaxdrop.training._constraints import cross_entropy_loss, is_kernel, max_norm, tree_all_finite
 from jaxdrop.training._errors import CheckpointError, NonFiniteError
 from jaxdrop.training._history import write_history
+from jaxdrop.training._loop import Log, Plan, as_dataset, option
 from jaxdrop.training._placement import DataParallel, host_value, layout
 from jaxdrop.training._state import PyTree, TrainState
 
 __all__ = ["Trainer"]
 
 _FIT = "training.Trainer.fit"
-
-
-def _as_dataset(data: Any, what: str) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, tuple) and len(data) == 2:
-        x, y = np.asarray(data[0]), np.asarray(data[1])
-        return Dataset(x, y, int(y.max()) + 1 if y.size and y.dtype.kind in "iu" else 0, what)
-    raise TypeError(f"jaxdrop.training: `{what}` must be a jaxdrop.data.Dataset or an (x, y) tuple, got {type(data)}.")
-
-
-def _option(value: Any, name: str, fn: str = "training.Trainer") -> float | None:
-    """An optional finite number >= 0 (clip_norm, weight_decay, max_norm)."""
-    if value is None:
-        return None
-    if not _checks.is_concrete(value):
-        raise TypeError(f"jaxdrop.{fn}: `{name}` must be a Python number, got a traced value.")
-    return float(_checks.nonnegative(value, fn, name))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """What one :meth:`Trainer.fit` call does, validated."""
-
-    data: Dataset
-    batch_size: int
-    steps_per_epoch: int
-    total: int
-    shuffle: bool
-    save_every: int
-    eval_every: int
-    evals: dict[str, Dataset]
-    eval_batch_size: int
-
-    def epoch_value(self, step: int) -> float | int:
-        """The epoch a record at ``step`` closes: an int at an epoch's end, else a fraction."""
-        return step / self.steps_per_epoch if step % self.steps_per_epoch else step // self.steps_per_epoch
-
-    def closes_record(self, step: int) -> bool:
-        """Whether a history record is written after ``step`` steps (every ``eval_every`` epochs)."""
-        spe = self.steps_per_epoch
-        return step % spe == 0 and (step // spe) % self.eval_every == 0
-
-
-@dataclasses.dataclass
-class _Log:
-    """The history and the running sums of the record being accumulated.
-
-    Both are saved in every checkpoint, so a resumed run continues the very record
-    it was interrupted in and its history equals the uninterrupted run's.
-    """
-
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    sums: dict[str, Any] = dataclasses.field(default_factory=lambda: {"loss": 0.0, "accuracy": 0.0, "n": 0, "skipped": 0})
-
-    def add(self, metrics: Mapping[str, Any], finite: bool, loss: float) -> None:
-        if finite:
-            self.sums["loss"] += loss
-            self.sums["accuracy"] += float(metrics["accuracy"])
-            self.sums["n"] += 1
-        else:
-            self.sums["skipped"] += 1
-        if "rate" in metrics:
-            self.sums["rate"] = float(metrics["rate"])
-
-    def record(self, step: int, epoch: float | int, evaluations: Mapping[str, float]) -> dict[str, Any]:
-        """The record closing at ``step`` (the means since the last one)."""
-        n = max(self.sums["n"], 1)
-        rec: dict[str, Any] = {
-            "epoch": epoch,
-            "step": step,
-            "loss": self.sums["loss"] / n,
-            "accuracy": self.sums["accuracy"] / n,
-            "skipped": self.sums["skipped"],
-        }
-        if "rate" in self.sums:
-            rec["rate"] = self.sums["rate"]
-        rec.update(evaluations)
-        return rec
-
-    def commit(self, rec: dict[str, Any]) -> None:
-        self.history.append(rec)
-        self.sums = {"loss": 0.0, "accuracy": 0.0, "n": 0, "skipped": 0}
-
-    def meta(self) -> dict[str, Any]:
-        return {"history": self.history, "epoch_acc": self.sums}
 
 
 class Trainer:
@@ -237,9 +151,9 @@ class Trainer:
                 f"jaxdrop.{fn}: `optimizer` must be an optax.GradientTransformation "
                 f"(e.g. optax.adam(1e-3)), got {type(optimizer).__name__}."
             )
-        clip = _option(clip_norm, "clip_norm")
-        decay = _option(weight_decay, "weight_decay")
-        radius = _option(max_norm, "max_norm")
+        clip = option(clip_norm, "clip_norm")
+        decay = option(weight_decay, "weight_decay")
+        radius = option(max_norm, "max_norm")
         if radius is not None and radius <= 0:
             raise ValueError(f"jaxdrop.{fn}: `max_norm` must be positive, got {max_norm!r}.")
         if rate_schedule is not None:
@@ -385,7 +299,7 @@ class Trainer:
         batches (``batch_size`` a multiple of its size); every process passes
         the same ``data``.
         """
-        ds = _as_dataset(data, "data")
+        ds = as_dataset(data, "data")
         n = len(ds)
         if n == 0:
             raise ValueError("jaxdrop.training.Trainer.evaluate: `data` is an empty dataset.")
@@ -535,9 +449,9 @@ class Trainer:
         eval_every: Any,
         eval_batch_size: Any,
         save_every: Any,
-    ) -> _Plan:
-        """Validate :meth:`fit`'s arguments into a :class:`_Plan`."""
-        ds = _as_dataset(train, "train")
+    ) -> Plan:
+        """Validate :meth:`fit`'s arguments into a :class:`Plan`."""
+        ds = as_dataset(train, "train")
         bs = _checks.count(batch_size, _FIT, "batch_size")
         ebs = _checks.count(eval_batch_size, _FIT, "eval_batch_size")
         if self._dp is not None:
@@ -555,7 +469,7 @@ class Trainer:
             total = _checks.integer(epochs, _FIT, "epochs") * spe
         else:
             total = _checks.integer(steps, _FIT, "steps")
-        return _Plan(
+        return Plan(
             data=ds,
             batch_size=bs,
             steps_per_epoch=spe,
@@ -563,16 +477,16 @@ class Trainer:
             shuffle=_checks.flag(shuffle, _FIT, "shuffle"),
             save_every=_checks.count(spe if save_every is None else save_every, _FIT, "save_every"),
             eval_every=_checks.count(eval_every, _FIT, "eval_every"),
-            evals={name: _as_dataset(d, name) for name, d in (eval_data or {}).items()},
+            evals={name: as_dataset(d, name) for name, d in (eval_data or {}).items()},
             eval_batch_size=ebs,
         )
 
     def _resume(
         self, state: TrainState, checkpoint_dir: Any, max_to_keep: int, resume: bool
-    ) -> tuple[Checkpointer | None, TrainState, _Log]:
+    ) -> tuple[Checkpointer | None, TrainState, Log]:
         """Open the checkpoint directory and continue from its newest good checkpoint."""
         if checkpoint_dir is None:
-            return None, state, _Log()
+            return None, state, Log()
         ckpt = Checkpointer(checkpoint_dir, max_to_keep=max_to_keep)
         if not _checks.flag(resume, _FIT, "resume"):
             if ckpt.steps():
@@ -581,10 +495,10 @@ class Trainer:
                     f"jaxdrop.{_FIT}: {ckpt.directory} already holds checkpoints "
                     f"{ckpt.steps()}; pass resume=True to continue from them, or use an empty directory."
                 )
-            return ckpt, state, _Log()
+            return ckpt, state, Log()
         found = ckpt.restore_latest(state)
         if found is None:
-            return ckpt, state, _Log()
+            return ckpt, state, Log()
         state, meta = found
         here = layout(self.mesh, self.data_axis)
         there = meta.get("layout")
@@ -598,7 +512,7 @@ class Trainer:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        log = _Log(history=list(meta.get("history", [])))
+        log = Log(history=list(meta.get("history", [])))
         log.sums.update(meta.get("epoch_acc", {}))
         return ckpt, state, log
 
@@ -606,8 +520,8 @@ class Trainer:
         self,
         state: TrainState,
         step: int,
-        plan: _Plan,
-        log: _Log,
+        plan: Plan,
+        log: Log,
         ckpt: Checkpointer | None,
         bar: Any,
         on_save: Callable[[int], Any] | None,
@@ -666,7 +580,7 @@ class Trainer:
             )
         return new_state, metrics, loss, finite
 
-    def _evaluations(self, state: TrainState, plan: _Plan) -> dict[str, float]:
+    def _evaluations(self, state: TrainState, plan: Plan) -> dict[str, float]:
         return {
             f"{name}_{k}": v
             for name, d in plan.evals.items()
