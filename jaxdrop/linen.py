@@ -16,7 +16,14 @@ The layers hold no math. Each one settles ``deterministic`` the way Flax does
 both), draws its key with ``self.make_rng(self.rng_collection)`` unless an ``rng``
 is passed, and calls the functional form in :mod:`jaxdrop`. A layer that would
 not use randomness (``deterministic``, or a rate of 0) draws no key, exactly as
-Flax's does, so swapping layers never shifts the keys of later layers.
+Flax's does, so swapping layers never shifts the keys of later layers. A concrete
+``rate`` (or ``stddev``) and ``mode`` are validated when the layer is built.
+
+**Scheduling a rate.** ``rate`` may be a traced value: pass the rate into your
+model's ``__call__`` and build the layer with it (``jdl.Dropout(rate)(x)`` inside an
+``@nn.compact`` method); the jitted step then compiles once for every rate.
+:class:`jaxdrop.training.Trainer` with a ``rate_schedule`` drives the rate of every
+jaxdrop layer of a model that takes no ``rate`` argument by itself.
 
 ==========================  =============================================
 layer                       functional form

@@ -19,7 +19,15 @@ given at construction (the ``rng_collection`` stream is forked) and/or at call
 time (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key array), the call's taking
 precedence. The layers hold no math: they fetch the key and call the functional
 form in :mod:`jaxdrop` (see the table in :mod:`jaxdrop.linen`). A layer that would
-not use randomness (deterministic, or a rate of 0) draws no key.
+not use randomness (deterministic, or a rate of 0) draws no key. A concrete ``rate``
+(or ``stddev``) and ``mode`` are validated when the layer is built.
+
+**Scheduling a rate.** A Python-float ``rate`` is a static attribute: a new value
+recompiles an ``nnx.jit``-ed step. Build the layer with a JAX scalar instead,
+``Dropout(jnp.asarray(0.1))``: the rate is then data, and assigning a new array
+(``model.dropout.rate = jnp.asarray(0.2)``, outside or inside ``nnx.jit``) changes it
+without recompiling. :class:`jaxdrop.training.Trainer` with a ``rate_schedule``
+drives every jaxdrop layer's rate this way by itself.
 
 Example::
 
@@ -145,7 +153,9 @@ class Dropout(nnx.Dropout):
 
     Args:
       rate: the probability of **dropping** an element (not the keep rate), in
-        ``[0, 1]``; a rate outside it raises ``ValueError`` (Flax does not check).
+        ``[0, 1]``; a rate outside it raises ``ValueError`` when the layer is built
+        (Flax does not check). A Python float, or a JAX scalar to change it without
+        recompiling (see the module docs).
       broadcast_dims: axes that share one mask value.
       deterministic: if true the inputs are returned as they are (evaluation
         mode); a call-time ``deterministic`` takes precedence. Set by
@@ -176,7 +186,7 @@ class Dropout(nnx.Dropout):
 
     def __init__(
         self,
-        rate: float,
+        rate: float | jax.Array,
         *,
         broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = False,
