@@ -10,7 +10,7 @@ that this gives the same figures as timing each implementation alone).
 
 Measured:
 
-* **dropout** of an ``N x N`` array (default 4096), float32 and bfloat16, rate 0.1 and 0.5:
+* **dropout** of an ``N x N`` array (default 4096), float32, bfloat16 and float16, rate 0.1 and 0.5:
   ``forward`` (y = dropout(x)) and ``forward+backward`` (y and dx = vjp(g)), for a jitted
   ``x * 2`` (the floor: one read and one write of the array), ``flax.linen.Dropout``,
   ``flax.nnx.Dropout``, ``haiku.dropout``, ``equinox.nn.Dropout``,
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # check_goals, the sha
 from _timing import time_paired
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 RATES = (0.1, 0.5)
 DIRECTIONS = ("forward", "forward+backward")
 COPY, FLAX = "copy (x * 2)", "flax.linen.Dropout"
@@ -139,7 +139,7 @@ def dropout_thunks(size: int, dtype: str, rate: float, direction: str) -> dict[s
             thunks[name] = lambda jfb=jfb: jfb(key, x, g)
     if _TORCH is not None:
         torch = _TORCH
-        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         gen = torch.Generator(device=_TORCH_DEVICE).manual_seed(0)
         tx = torch.randn(size, size, generator=gen, device=_TORCH_DEVICE).to(tdtype)
         tg = torch.randn(size, size, generator=gen, device=_TORCH_DEVICE).to(tdtype)
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--mlp-width", type=int, default=None, help="MLP width (default 1024)")
     parser.add_argument("--mlp-batch", type=int, default=None, help="MLP batch (default 4096)")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None, help="default: both")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None, help="default: all three")
     parser.add_argument("--rates", nargs="+", type=float, default=None, help="default: 0.1 0.5")
     parser.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     parser.add_argument("--no-mlp", action="store_true", help="skip the MLP training step")

@@ -10,6 +10,7 @@ default, and regenerated rather than stored for the backward pass.
 """
 
 from jaxdrop import attention, mc, prng, schedules
+from jaxdrop._activation import activation_dropout
 from jaxdrop._channel import channel_dropout
 from jaxdrop._checks import checked
 from jaxdrop._concrete import concrete_dropout, concrete_dropout_regularizer
@@ -24,6 +25,7 @@ from jaxdrop.schedules import curriculum_schedule, early_dropout_schedule, late_
 __version__ = "0.1.0"
 
 __all__ = [
+    "activation_dropout",
     "alpha_dropout",
     "attention",
     "channel_dropout",
