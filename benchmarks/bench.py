@@ -365,7 +365,7 @@ def markdown(result: dict[str, Any]) -> str:
     if m["backend"] == "cpu":
         stats.append(("cpu_median_s", "CPU time"))
     out += [
-        "## Goals (float32, rate 0.5)",
+        "## Goals (rate 0.5; every dtype, then float32)",
         "",
         "On the medians of wall time, on the minima (the least-disturbed repetition)"
         + (
