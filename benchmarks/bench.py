@@ -1,13 +1,16 @@
 """Dropout benchmark: jaxdrop against Flax, Haiku, Equinox, PyTorch and a plain copy.
 
 Everything runs in ONE process. For each configuration (dtype, rate, direction) all
-implementations are compiled and warmed up first, then timed in interleaved rounds (every
-round runs each implementation once, in a rotated order), and the median per
-implementation is reported, so slow drifts of a shared machine hit all of them alike.
+implementations are timed in interleaved rounds (every round runs each implementation once,
+in a rotated order), and the median per implementation is reported, so slow drifts of a
+shared machine hit all of them alike. Every timed call is immediately preceded by an
+untimed call of the same function (``_timing.time_paired``), so the memory traffic of the
+implementation that ran before never lands in a timed call (``crosstalk.py`` measures
+that this gives the same figures as timing each implementation alone).
 
 Measured:
 
-* **dropout** of an ``N x N`` array (default 4096), float32 and bfloat16, rate 0.1 and 0.5:
+* **dropout** of an ``N x N`` array (default 4096), float32, bfloat16 and float16, rate 0.1 and 0.5:
   ``forward`` (y = dropout(x)) and ``forward+backward`` (y and dx = vjp(g)), for a jitted
   ``x * 2`` (the floor: one read and one write of the array), ``flax.linen.Dropout``,
   ``flax.nnx.Dropout``, ``haiku.dropout``, ``equinox.nn.Dropout``,
@@ -36,7 +39,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -53,8 +55,11 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import jaxdrop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # check_goals, the shared timing helper
+from _timing import time_paired
+
 RESULTS = Path(__file__).resolve().parent / "results"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 RATES = (0.1, 0.5)
 DIRECTIONS = ("forward", "forward+backward")
 COPY, FLAX = "copy (x * 2)", "flax.linen.Dropout"
@@ -62,56 +67,16 @@ COPY, FLAX = "copy (x * 2)", "flax.linen.Dropout"
 # --------------------------------------------------------------------------- timing
 
 
-def _block(out: Any) -> None:
-    for leaf in jax.tree_util.tree_leaves(out):
-        if hasattr(leaf, "block_until_ready"):
-            leaf.block_until_ready()
+def _sync() -> None:
+    """torch's CUDA work is asynchronous: wait for it as ``block_until_ready`` does for JAX."""
     if _TORCH is not None and _TORCH_DEVICE == "cuda":
         _TORCH.cuda.synchronize()
 
 
-def time_interleaved(
-    fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 2, min_sample_s: float = 0.02
-) -> dict[str, dict[str, Any]]:
-    """Median wall time per call of each thunk, measured in interleaved, rotated rounds.
-
-    Also records the process CPU time of each sample (all threads): on a contended CPU it
-    measures the work done, unaffected by waiting for a core.
-
-    Each thunk is first called ``warmup`` times untimed (compilation, caches); the last
-    of these calls also sets ``inner``, the number of back-to-back calls that make one
-    sample last at least ``min_sample_s`` (more than 1 only for small arrays).
-    """
-    inner: dict[str, int] = {}
-    for name, fn in fns.items():
-        for _ in range(warmup - 1):
-            _block(fn())
-        t0 = time.perf_counter()
-        _block(fn())
-        inner[name] = max(1, math.ceil(min_sample_s / max(time.perf_counter() - t0, 1e-6)))
-    names = list(fns)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn, n = fns[name], inner[name]
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(n):
-                out = fn()
-            _block(out)
-            samples[name].append((time.perf_counter() - t0) / n)
-            cpu[name].append((time.process_time() - c0) / n)
-    return {
-        n: {
-            "median_s": statistics.median(s),
-            "min_s": min(s),
-            "cpu_median_s": statistics.median(cpu[n]),
-            "samples_s": s,
-            "cpu_samples_s": cpu[n],
-            "inner": inner[n],
-        }
-        for n, s in samples.items()
-    }
+def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, dict[str, Any]]:
+    """Median wall time per call of each thunk: ``_timing.time_paired`` (interleaved, rotated
+    rounds; every timed call right after an untimed call of the same thunk)."""
+    return time_paired(fns, reps, sync=_sync)
 
 
 # --------------------------------------------------------------------------- implementations
@@ -174,7 +139,7 @@ def dropout_thunks(size: int, dtype: str, rate: float, direction: str) -> dict[s
             thunks[name] = lambda jfb=jfb: jfb(key, x, g)
     if _TORCH is not None:
         torch = _TORCH
-        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         gen = torch.Generator(device=_TORCH_DEVICE).manual_seed(0)
         tx = torch.randn(size, size, generator=gen, device=_TORCH_DEVICE).to(tdtype)
         tg = torch.randn(size, size, generator=gen, device=_TORCH_DEVICE).to(tdtype)
@@ -258,7 +223,7 @@ def bench_mlp(
         compiled = jax.jit(mlp_step(drop)).lower(params, x, y, key).compile()
         temp[label] = compiled.memory_analysis().temp_size_in_bytes
         thunks[label] = lambda c=compiled: c(params, x, y, key)
-    timings = time_interleaved(thunks, reps, warmup=1)  # already compiled
+    timings = time_interleaved(thunks, reps)
     return [
         {
             "variant": name,
@@ -400,7 +365,7 @@ def markdown(result: dict[str, Any]) -> str:
     if m["backend"] == "cpu":
         stats.append(("cpu_median_s", "CPU time"))
     out += [
-        "## Goals (float32, rate 0.5)",
+        "## Goals (rate 0.5; every dtype, then float32)",
         "",
         "On the medians of wall time, on the minima (the least-disturbed repetition)"
         + (
@@ -448,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--mlp-width", type=int, default=None, help="MLP width (default 1024)")
     parser.add_argument("--mlp-batch", type=int, default=None, help="MLP batch (default 4096)")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None, help="default: both")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None, help="default: all three")
     parser.add_argument("--rates", nargs="+", type=float, default=None, help="default: 0.1 0.5")
     parser.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     parser.add_argument("--no-mlp", action="store_true", help="skip the MLP training step")

@@ -63,7 +63,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +76,9 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import jaxdrop.attention as jda
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing helper
+from _timing import time_paired
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -134,105 +136,8 @@ GOAL_LINEAR_SLOPE = 1.1  # log-log slope of temp memory vs T between consecutive
 # --------------------------------------------------------------------------- timing
 
 
-def _block(out: Any) -> None:
-    for leaf in jax.tree_util.tree_leaves(out):
-        if hasattr(leaf, "block_until_ready"):
-            leaf.block_until_ready()
-
-
-def _rss() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class PeakRSS:
-    """Samples the resident set size in a thread while active; ``peak - start`` in bytes."""
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        self.interval_s = interval_s
-        self.start = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            r = _rss()
-            if r is not None and self.peak is not None:
-                self.peak = max(self.peak, r)
-
-    def __enter__(self) -> PeakRSS:
-        if self.start is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        r = _rss()
-        if r is not None and self.peak is not None:
-            self.peak = max(self.peak, r)
-
-    @property
-    def gained(self) -> int | None:
-        return None if self.start is None or self.peak is None else self.peak - self.start
-
-
-def time_paired(
-    fns: dict[str, Callable[[], Any]], reps: int, min_sample_s: float = 0.02
-) -> dict[str, dict[str, Any]]:
-    """Median wall time per call of each thunk: interleaved, rotated rounds of paired calls.
-
-    In every round each thunk is called once untimed and then, immediately, timed (``inner``
-    back-to-back calls, more than 1 only when one call is shorter than ``min_sample_s``;
-    ``inner`` is set by the untimed call of the first round, which also warms up). The
-    order of the thunks is rotated every round. Also records the process CPU time (all
-    threads) of each sample, the time of the very first call, and the resident memory the
-    process gained during each pair of calls (the maximum over rounds).
-    """
-    names = list(fns)
-    inner: dict[str, int] = {}
-    first: dict[str, float] = {}
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    rss: dict[str, int | None] = {n: None for n in names}
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = fns[name]
-            with PeakRSS() as peak:
-                t0 = time.perf_counter()
-                _block(fn())  # untimed: the same function, right before its timed call
-                untimed = time.perf_counter() - t0
-                if name not in inner:
-                    first[name] = untimed
-                    inner[name] = max(1, math.ceil(min_sample_s / max(untimed, 1e-6)))
-                n = inner[name]
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(n):
-                    out = fn()
-                _block(out)
-                samples[name].append((time.perf_counter() - t0) / n)
-                cpu[name].append((time.process_time() - c0) / n)
-                del out
-            if peak.gained is not None:
-                rss[name] = max(rss[name] or 0, peak.gained)
-    return {
-        n: {
-            "median_s": statistics.median(s),
-            "min_s": min(s),
-            "cpu_median_s": statistics.median(cpu[n]),
-            "first_call_s": first[n],
-            "samples_s": s,
-            "cpu_samples_s": cpu[n],
-            "inner": inner[n],
-            "reps": len(s),
-            "rss_gained_bytes": rss[n],
-        }
-        for n, s in samples.items()
-    }
+# time_paired (in _timing.py, shared with bench.py and bench_sharding.py): every timed call
+# is immediately preceded by an untimed call of the same function.
 
 
 # --------------------------------------------------------------------------- implementations
@@ -377,7 +282,7 @@ def measure_config(
         rows[impl] = row
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if thunks:
-        for impl, t in time_paired(thunks, reps).items():
+        for impl, t in time_paired(thunks, reps, track_rss=True).items():
             rows[impl].update(t, timed=True, loadavg_1min=load)
     thunks.clear()
     summary = ", ".join(
@@ -407,7 +312,7 @@ def block_sweep(
             if mems[bs]["temp_bytes"] <= max_run_bytes:
                 thunks[str(bs)] = lambda c=compiled, a=args: c(*a)
         t0 = time.perf_counter()
-        timings = time_paired(thunks, reps if T < large_T else reps_large)
+        timings = time_paired(thunks, reps if T < large_T else reps_large, track_rss=True)
         for bs in blocks:
             row = {"T": T, "block_size": bs, **mems[bs], "timed": str(bs) in timings}
             row.update(timings.get(str(bs), {}))

@@ -15,10 +15,11 @@ time: per-device dispatch, and communication, of which a jaxdrop mask needs none
 of the same operation) as overhead, not as speed-up. Real speed-ups need real
 devices.
 
-**Method.** For each array size and operation, every layout is compiled and
-called twice untimed, then ``--reps`` rounds run each layout once in an order
-rotated every round (interleaved, so a slow phase of a shared machine hits all
-alike); medians and minima are reported. Outputs are checked equal across
+**Method.** For each array size and operation, ``--reps`` rounds run each layout
+once in an order rotated every round (interleaved, so a slow phase of a shared
+machine hits all alike), every timed call immediately preceded by an untimed call
+of the same function (so the previous layout's memory traffic never lands in a
+timed call; the first untimed call also compiles); medians and minima are reported. Outputs are checked equal across
 layouts before timing (the same key gives the same mask however the array is
 placed).
 
@@ -35,12 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,6 +60,9 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import jaxdrop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing helper
+from _timing import time_paired  # noqa: E402
 
 RATE = 0.5
 
@@ -97,32 +98,10 @@ def operations() -> dict[str, Callable[..., Any]]:
     }
 
 
-def _block(out: Any) -> None:
-    for leaf in jax.tree_util.tree_leaves(out):
-        leaf.block_until_ready()
-
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, min_sample_s: float = 0.02) -> dict[str, Any]:
-    """Median and minimum seconds per call of each thunk, in interleaved, rotated rounds."""
-    inner = {}
-    for name, fn in fns.items():
-        _block(fn())  # compile
-        t0 = time.perf_counter()
-        _block(fn())
-        inner[name] = max(1, math.ceil(min_sample_s / max(time.perf_counter() - t0, 1e-6)))
-    names = list(fns)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(inner[name]):
-                out = fns[name]()
-            _block(out)
-            samples[name].append((time.perf_counter() - t0) / inner[name])
-    return {
-        n: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s, "inner": inner[n]}
-        for n, s in samples.items()
-    }
+def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, Any]:
+    """Median and minimum seconds per call of each thunk: ``_timing.time_paired``
+    (interleaved, rotated rounds; each timed call right after an untimed one of the same thunk)."""
+    return time_paired(fns, reps)
 
 
 def run(sizes: list[int], reps: int) -> dict[str, Any]:

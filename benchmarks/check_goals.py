@@ -1,7 +1,9 @@
 """Which of jaxdrop's performance goals does a benchmark result meet?
 
-Reads the JSON written by ``bench.py`` and prints one line per goal. All goals are about
-float32, rate 0.5 (dropout on the N x N input; the MLP training step):
+Reads the JSON written by ``bench.py`` and prints one line per goal. First, for every
+dtype in the result (rate 0.5, forward and forward+backward): exact mode <= 1.6x the
+copy and fast mode <= 1.25x. Then, about float32, rate 0.5 (dropout on the N x N input;
+the MLP training step):
 
 1. exact forward <= 1.6x the jitted ``x * 2`` copy;
 2. exact forward >= 5x faster than ``flax.linen.Dropout``;
@@ -51,6 +53,21 @@ def evaluate(result: dict[str, Any], stat: str = "median_s") -> list[dict[str, A
     def add(goal: str, value: float, ok: bool, unit: str) -> None:
         goals.append({"goal": goal, "measured": f"{value:.2f}{unit}", "value": value, "ok": ok})
 
+    # Every dtype, forward and forward+backward (rate 0.5): exact <= 1.6x copy, fast <= 1.25x.
+    dtypes = list(dict.fromkeys(r["dtype"] for r in result["dropout"]))
+    for dtype in dtypes:
+        for direction in ("forward", "forward+backward"):
+            rows = {
+                r["impl"]: float(r[stat])
+                for r in result["dropout"]
+                if (r["dtype"], r["rate"], r["direction"]) == (dtype, 0.5, direction)
+            }
+            if COPY not in rows:
+                continue
+            for mode, bound in (("jaxdrop exact", 1.6), ("jaxdrop fast", 1.25)):
+                if mode in rows:
+                    ratio = rows[mode] / rows[COPY]
+                    add(f"{mode.split()[1]} {direction} {dtype} <= {bound}x copy", ratio, ratio <= bound, "x copy")
     fwd = "forward"
     copy, flax = _t(result, COPY, fwd), _t(result, FLAX, fwd)
     exact = _t(result, "jaxdrop exact", fwd)

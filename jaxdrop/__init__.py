@@ -11,6 +11,7 @@ default, and regenerated rather than stored for the backward pass.
 
 from jaxdrop import attention, mc, prng, schedules
 from jaxdrop._checks import checked
+from jaxdrop._variants._activation import activation_dropout
 from jaxdrop._variants._alpha import alpha_dropout, feature_alpha_dropout
 from jaxdrop._variants._channel import channel_dropout
 from jaxdrop._variants._concrete import concrete_dropout, concrete_dropout_regularizer
@@ -25,6 +26,7 @@ from jaxdrop.schedules import curriculum_schedule, early_dropout_schedule, late_
 __version__ = "0.1.0"
 
 __all__ = [
+    "activation_dropout",
     "alpha_dropout",
     "attention",
     "channel_dropout",

@@ -27,6 +27,7 @@ __all__ = [
     "compute_dtype",
     "feature_axes",
     "feature_mask_shape",
+    "keep_and_divisor",
     "keep_prob",
     "mask_dtype",
     "mask_shape",
@@ -156,16 +157,19 @@ def masked_scale(
     scalar. Callers handle ``rate == 0`` and ``rate == 1`` for concrete rates
     (:func:`short_circuit`).
     """
-    keep = keep_prob(rate)
-    p: Any
-    divisor: Any
-    if isinstance(keep, float):
-        # Mask probability rounded once from the double 1 - rate, divisor rounded to
-        # x's dtype: exactly flax.linen.Dropout's `bernoulli(key, 1.0 - rate)` and
-        # `x / (1.0 - rate)` with a weakly typed Python float.
-        p = np.asarray(keep, mask_dtype())
-        divisor = np.asarray(keep, x.dtype)
-    else:
-        p = keep
-        divisor = jnp.where(keep > 0, keep, 1).astype(x.dtype)
+    p, divisor = keep_and_divisor(rate, x.dtype)
     return apply_mask(key, x, p, divisor, shape, mode)
+
+
+def keep_and_divisor(rate: float | jax.Array, dtype: DTypeLike) -> tuple[Any, Any]:
+    """The mask's keep probability (mask dtype) and the rescaling divisor (``dtype``) of inverted dropout.
+
+    For a Python-float rate: the probability rounded once from the double ``1 - rate``
+    and the divisor rounded to ``dtype``, exactly flax.linen.Dropout's
+    ``bernoulli(key, 1.0 - rate)`` and ``x / (1.0 - rate)`` with a weakly typed float.
+    For a traced rate, the divisor is 1 where the keep probability is 0.
+    """
+    keep = keep_prob(rate)
+    if isinstance(keep, float):
+        return np.asarray(keep, mask_dtype()), np.asarray(keep, dtype)
+    return keep, jnp.where(keep > 0, keep, 1).astype(dtype)

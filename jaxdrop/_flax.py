@@ -94,6 +94,9 @@ def check_layer(layer: Any, api: str) -> None:
     if _checks.is_concrete(rate):
         meaning = "the probability of keeping h_prev" if type(layer).__name__ == "Zoneout" else None
         _checks.probability(rate, fn, meaning=meaning)
+    activation = getattr(layer, "activation", None)
+    if activation is not None and activation not in ("tanh", "sigmoid"):
+        raise ValueError(f"jaxdrop.{fn}: `activation` must be 'sigmoid' or 'tanh', got {activation!r}.")
     stddev = getattr(layer, "stddev", 0.0)
     if _checks.is_concrete(stddev):
         _checks.nonnegative(stddev, fn, "stddev")

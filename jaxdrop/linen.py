@@ -77,11 +77,13 @@ from flax.linen.module import merge_param
 import jaxdrop
 from jaxdrop import attention
 from jaxdrop._flax import bind_attention, check_layer, flax_broadcast_dims, is_one, is_zero
+from jaxdrop._variants._activation import Activation, apply_activation
 from jaxdrop._variants._concrete import rate_logit
 from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
 
 __all__ = [
+    "ActivationDropout",
     "AlphaDropout",
     "ChannelDropout",
     "ConcreteDropout",
@@ -220,6 +222,47 @@ class ChannelDropout(nn.Module):
             return inputs
         return jaxdrop.channel_dropout(
             key, inputs, self.rate, channel_axis=self.channel_axis, batch_axis=self.batch_axis, mode=self.mode
+        )
+
+
+class ActivationDropout(nn.Module):
+    """``activation`` then dropout, :func:`jaxdrop.activation_dropout`: the backward pass
+    keeps only the output (one activation-sized array, as without dropout).
+
+    ``ActivationDropout(rate, "tanh")(x)`` outputs exactly ``Dropout(rate)(nn.tanh(x))``
+    for the same key; use it in place of that pair where the activation is ``"tanh"``
+    or ``"sigmoid"``, whose derivative comes from their output (see
+    :func:`jaxdrop.activation_dropout` for why the pair costs an extra array per layer).
+
+    Attributes:
+      rate: the probability of **dropping** an element.
+      activation: ``"tanh"`` or ``"sigmoid"``; applied without dropout when deterministic.
+      broadcast_dims, deterministic, rng_collection, mode: as in :class:`Dropout`.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdrop.linen import ActivationDropout
+    >>> ActivationDropout(0.5, "tanh", deterministic=True).apply({}, jnp.zeros(3))
+    Array([0., 0., 0.], dtype=float32)
+    """
+
+    rate: float | jax.Array
+    activation: Activation = "tanh"
+    broadcast_dims: Sequence[int] = ()
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+    mode: Mode = "exact"
+
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
+        key = _key(self, deterministic, rng, noop=is_zero(self.rate))
+        if key is None:  # deterministic (or rate 0): the activation alone
+            return apply_activation(jnp.asarray(inputs), self.activation)
+        return jaxdrop.activation_dropout(
+            key, inputs, self.rate, self.activation, broadcast_dims=self.broadcast_dims, mode=self.mode
         )
 
 

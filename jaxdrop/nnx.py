@@ -53,7 +53,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -65,11 +65,13 @@ from flax.nnx.nn.linear import default_embed_init, default_kernel_init
 import jaxdrop
 from jaxdrop import attention
 from jaxdrop._flax import bind_attention, check_layer, flax_broadcast_dims, is_one, is_zero
+from jaxdrop._variants._activation import Activation, apply_activation
 from jaxdrop._variants._concrete import rate_logit
 from jaxdrop.attention import Implementation
 from jaxdrop.prng import Mode
 
 __all__ = [
+    "ActivationDropout",
     "AlphaDropout",
     "ChannelDropout",
     "ConcreteDropout",
@@ -194,8 +196,10 @@ class Dropout(nnx.Dropout):
         rngs: rnglib.Rngs | rnglib.RngStream | None = None,
         mode: Mode = "exact",
     ):
+        # Flax annotates `rate: float`; an array rate works the same (it becomes pytree data).
+        flax_rate = cast(float, rate)
         super().__init__(
-            rate, broadcast_dims=broadcast_dims, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs
+            flax_rate, broadcast_dims=broadcast_dims, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs
         )
         self.mode = mode
         check_layer(self, "nnx")
@@ -288,6 +292,49 @@ class ChannelDropout(_Stochastic):
             return inputs
         return jaxdrop.channel_dropout(
             key, inputs, self.rate, channel_axis=self.channel_axis, batch_axis=self.batch_axis, mode=self.mode
+        )
+
+
+class ActivationDropout(_Stochastic):
+    """``activation`` then dropout, :func:`jaxdrop.activation_dropout`: the backward pass
+    keeps only the output (one activation-sized array, as without dropout).
+
+    ``ActivationDropout(0.1, "tanh", rngs=rngs)(x)`` outputs exactly
+    ``Dropout(0.1, rngs=rngs)(nnx.tanh(x))`` for the same key stream.
+
+    Args:
+      rate: the probability of **dropping** an element.
+      activation: ``"tanh"`` or ``"sigmoid"``; applied without dropout when deterministic.
+      broadcast_dims, deterministic, rng_collection, rngs, mode: as in :class:`Dropout`.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxdrop.nnx import ActivationDropout
+    >>> ActivationDropout(0.5, "tanh", deterministic=True)(jnp.zeros(3))
+    Array([0., 0., 0.], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        rate: float | jax.Array,
+        activation: Activation = "tanh",
+        *,
+        broadcast_dims: Sequence[int] = (),
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: rnglib.Rngs | rnglib.RngStream | None = None,
+        mode: Mode = "exact",
+    ):
+        super().__init__(deterministic=deterministic, rng_collection=rng_collection, rngs=rngs, mode=mode)
+        self.rate, self.activation, self.broadcast_dims = rate, activation, tuple(broadcast_dims)
+        check_layer(self, "nnx")
+
+    def __call__(self, inputs: Any, *, deterministic: bool | None = None, rngs: RngsArg = None) -> jax.Array:
+        key = _key(self, deterministic, rngs, noop=is_zero(self.rate))
+        if key is None:  # deterministic (or rate 0): the activation alone
+            return apply_activation(jnp.asarray(inputs), self.activation)
+        return jaxdrop.activation_dropout(
+            key, inputs, self.rate, self.activation, broadcast_dims=self.broadcast_dims, mode=self.mode
         )
 
 

@@ -135,6 +135,9 @@ CASES: tuple[Case, ...] = (
     Case("dropout", "dropout", S3, lambda k, x, r: jaxdrop.dropout(k, x, r)),
     Case("dropout-bcast1", "dropout", S3, lambda k, x, r: jaxdrop.dropout(k, x, r, broadcast_dims=(1,))),
     Case("dropout-fast", "dropout", S3, lambda k, x, r: jaxdrop.dropout(k, x, r, mode="fast")),
+    Case(
+        "activation_dropout", "activation_dropout", S3, lambda k, x, r: jaxdrop.activation_dropout(k, x, r, "tanh")
+    ),
     Case("keep_mask", "keep_mask", S3, lambda k, x, r: jaxdrop.keep_mask(k, x.shape, r), kind="mask"),
     Case("channel_dropout", "channel_dropout", S4, lambda k, x, r: jaxdrop.channel_dropout(k, x, r)),
     Case("alpha_dropout", "alpha_dropout", S3, lambda k, x, r: jaxdrop.alpha_dropout(k, x, r)),

@@ -179,3 +179,54 @@ def test_scanned_layers_memory_does_not_grow_with_depth():
     none = growth("none")
     assert growth("flax") >= none + 4 * batch * width  # sanity: a bool mask per extra layer
     assert growth("exact") == none
+
+
+# --------------------------------------------------------------------------- dropout free in the step
+# Compiled temporary memory of jit(grad) with dropout equals the same step without dropout.
+# Keys come in pre-split (an input, not a temporary), so the figures are equal to the byte.
+# Small sizes, compile only (benchmarks/bench_train_memory.py has the full-size figures).
+
+
+def _temp(f, *args):
+    return jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def _mlp_temp(act_drop, width=256, batch=512, layers=4):
+    params = _abstract_params(width, layers)
+    x = jax.ShapeDtypeStruct((batch, width), jnp.float32)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), layers))
+
+    def loss(params, x, keys):
+        for i, (w, b) in enumerate(params):
+            x = x @ w + b
+            if i < layers - 1:
+                x = act_drop(keys[i], x)
+        return jnp.mean(x**2)
+
+    return _temp(jax.grad(loss), params, x, keys)
+
+
+def _flax_style(key, h, rate=0.1):
+    return jax.lax.select(jax.random.bernoulli(key, 1 - rate, h.shape), h / (1 - rate), jnp.zeros_like(h))
+
+
+def test_tanh_mlp_step_activation_dropout_costs_no_memory():
+    none = _mlp_temp(lambda k, z: jnp.tanh(z))
+    act = _mlp_temp(lambda k, z: jaxdrop.activation_dropout(k, z, 0.1, "tanh"))
+    plain = _mlp_temp(lambda k, z: jaxdrop.dropout(k, jnp.tanh(z), 0.1))
+    flax = _mlp_temp(lambda k, z: _flax_style(k, jnp.tanh(z)))
+    act_bytes = 512 * 256 * 4
+    # Sanity (the comparison can fail): tanh then any dropout keeps an extra activation per layer.
+    assert plain - none >= 3 * act_bytes, (none, plain)
+    assert flax > plain, (plain, flax)
+    assert act == none, (none, act)
+
+
+@pytest.mark.parametrize("act", [jax.nn.gelu, jax.nn.relu], ids=["gelu", "relu"])
+def test_mlp_step_dropout_costs_no_memory(act):
+    none = _mlp_temp(lambda k, z: act(z))
+    ours = _mlp_temp(lambda k, z: jaxdrop.dropout(k, act(z), 0.1))
+    flax = _mlp_temp(lambda k, z: _flax_style(k, act(z)))
+    assert flax > none  # sanity: a stored mask shows
+    assert ours == none, (none, ours)
+

@@ -125,6 +125,15 @@ ENTRIES = [
         {2: ("rate", "rate")},
     ),
     Entry(
+        "activation_dropout",
+        jaxdrop.activation_dropout,
+        (KEY, X, 0.5, "tanh"),
+        {},
+        {0: ("key", "key"), 1: ("array", "x"), 2: ("rate", "rate"), 3: ("mode", "activation"),
+         "broadcast_dims": ("axes", "broadcast_dims"), "mode": ("mode", "mode")},
+        {2: ("rate", "rate")},
+    ),
+    Entry(
         "keep_mask",
         jaxdrop.keep_mask,
         (KEY, (4, 5), 0.5),
@@ -456,13 +465,13 @@ LINEN = [
     (jdl.Dropout, {}), (jdl.ChannelDropout, {}), (jdl.AlphaDropout, {}), (jdl.FeatureAlphaDropout, {}),
     (jdl.GaussianDropout, {}), (jdl.DropBlock, {"block_size": 3}), (jdl.DropPath, {}), (jdl.LockedDropout, {}),
     (jdl.EmbeddingDropout, {"num_embeddings": 5, "features": 3}), (jdl.Zoneout, {}),
-    (jdl.DropConnectDense, {"features": 3}),
+    (jdl.DropConnectDense, {"features": 3}), (jdl.ActivationDropout, {}),
 ]
 NNX = [
     (jdn.Dropout, {}), (jdn.ChannelDropout, {}), (jdn.AlphaDropout, {}), (jdn.FeatureAlphaDropout, {}),
     (jdn.GaussianDropout, {}), (jdn.DropBlock, {"block_size": 3}), (jdn.DropPath, {}), (jdn.LockedDropout, {}),
     (jdn.EmbeddingDropout, {"num_embeddings": 5, "features": 3, "rngs": nnx.Rngs(0)}), (jdn.Zoneout, {}),
-    (jdn.DropConnectDense, {"in_features": 4, "out_features": 3, "rngs": nnx.Rngs(0)}),
+    (jdn.DropConnectDense, {"in_features": 4, "out_features": 3, "rngs": nnx.Rngs(0)}), (jdn.ActivationDropout, {}),
 ]
 
 
