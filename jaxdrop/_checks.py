@@ -340,10 +340,14 @@ def checked(fn: Callable[..., T]) -> Callable[..., tuple[checkify.Error, T]]:
     jaxdrop.dropout: `rate` must be in [0, 1], got 1.5...
 
     Flax nnx models that draw keys from an ``nnx.Rngs`` stream cannot run under
-    ``checkify`` (a Flax limitation: the stream's counter cannot be updated from
-    inside its trace); pass the key at call time instead, e.g. through
-    :func:`jaxdrop.mc.from_nnx`, or split the model with ``nnx.split`` and call
-    ``nnx.merge`` inside the checked function.
+    ``checkify`` (a Flax limitation: ``TraceContextError: Cannot mutate RngCount``,
+    the stream's counter cannot be advanced inside the checkify trace; Flax's own
+    ``nnx.Dropout`` fails the same way). Pass the key at call time instead, e.g.
+    ``run = jax.jit(jaxdrop.checked(lambda model, key, x: jaxdrop.mc.from_nnx(model)(key, x)))``
+    then ``err, y = run(model, key, x)``: each key gives a fresh mask, and a bad
+    traced rate held by the model is reported. (``nnx.merge(graphdef, state,
+    copy=True)`` inside the checked function also runs, but the copy's stream never
+    advances: every call draws the same mask.)
     """
 
     @functools.wraps(fn)

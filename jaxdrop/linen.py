@@ -125,7 +125,8 @@ class Dropout(nn.Dropout):
 
     Attributes:
       rate: the probability of **dropping** an element (not the keep rate), in
-        ``[0, 1]``; a rate outside it raises ``ValueError`` (Flax does not check).
+        ``[0, 1]``; a rate outside it raises ``ValueError`` when the layer is built
+        (Flax does not check). May be a traced value (see the module docs).
       broadcast_dims: axes that share one mask value (e.g. ``(1, 2)`` drops whole
         channels of an NHWC map).
       deterministic: if true the inputs are returned as they are; may be given here

@@ -133,3 +133,6 @@ def test_sigkill_at_random_moments_always_resumes(tmp_path):
     state, meta = Checkpointer(directory).restore_latest(template)
     assert int(state.step) == TOTAL
     assert_same(state, ref[TOTAL])
+    # The history survives the kills too: equal to the uninterrupted run's.
+    _, history = make_trainer().fit(template, toy_data(), batch_size=BATCH, steps=TOTAL, progress=False)
+    assert meta["history"] == history

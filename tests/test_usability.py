@@ -254,9 +254,18 @@ class Inference(nn.Module):
         return nn.Dense(C)(jdl.Dropout(0.5, deterministic=inference)(x))
 
 
+class OptionalFlag(nn.Module):
+    @nn.compact
+    def __call__(self, x, dropout_on: bool | None = None):
+        return nn.Dense(C)(jdl.Dropout(0.5, deterministic=not dropout_on)(x))
+
+
 def test_unrecognised_bool_flag_says_to_pass_train_flag():
     with pytest.raises(TypeError, match=r"use_dropout.*train_flag="):
         Trainer(UseDropout(), optax.sgd(0.1))
+    # An optional bool (default None) is a flag too: never switched, dropout would stay off.
+    with pytest.raises(TypeError, match=r"dropout_on.*train_flag="):
+        Trainer(OptionalFlag(), optax.sgd(0.1))
     with pytest.raises(TypeError, match="takes no `nope` keyword"):
         Trainer(UseDropout(), optax.sgd(0.1), train_flag="nope")
 

@@ -9,6 +9,7 @@ back together from a :class:`~jaxdrop.training.TrainState`.
 from __future__ import annotations
 
 import inspect
+import typing
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, cast
@@ -70,7 +71,7 @@ def _flag(call: Callable[..., Any], flag: str | Literal["auto"] | None, owner: s
             return name, name != "deterministic"
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return "deterministic", False
-    bools = [n for n, p in params.items() if isinstance(p.default, bool) or p.annotation in (bool, "bool")]
+    bools = [n for n, p in params.items() if isinstance(p.default, bool) or _is_bool_annotation(p.annotation)]
     if bools:
         raise TypeError(
             f"jaxdrop.training.Trainer: cannot tell how {owner}.__call__ switches between training and "
@@ -79,6 +80,15 @@ def _flag(call: Callable[..., Any], flag: str | Literal["auto"] | None, owner: s
             "or train_flag=None if the model has no such switch."
         )
     return None, True
+
+
+def _is_bool_annotation(annotation: Any) -> bool:
+    """``bool``, ``bool | None``, ``Optional[bool]`` (objects or, under postponed evaluation, strings)."""
+    if isinstance(annotation, str):
+        parts = {p.strip() for p in annotation.replace("Optional[", "").rstrip("]").split("|")}
+        return "bool" in parts and parts <= {"bool", "None"}
+    args = typing.get_args(annotation)
+    return annotation is bool or (bool in args and set(args) <= {bool, type(None)})
 
 
 def _stream_keys(key: jax.Array, tags: list[str]) -> dict[str, jax.Array]:
