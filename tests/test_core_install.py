@@ -109,3 +109,16 @@ def test_demo_stops_before_training_and_names_the_extra():
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("jaxdrop: error: python -m jaxdrop (its learning-curve plot) needs matplotlib")
     assert 'pip install "jaxdrop[examples]"' in proc.stderr
+
+
+def test_require_translates_only_the_absence_of_the_package_itself(tmp_path, monkeypatch):
+    from jaxdrop._extras import require
+
+    (tmp_path / "jaxdrop_fake_examples_pkg.py").write_text("import jaxdrop_fake_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError) as broken:  # installed, but a dependency of it is not
+        require("jaxdrop_fake_examples_pkg", "something")
+    assert broken.value.name == "jaxdrop_fake_missing_dependency"
+    with pytest.raises(ImportError, match=r'^something needs jaxdrop_fake_absent, .*pip install "jaxdrop\[examples\]"'):
+        require("jaxdrop_fake_absent.sub", "something")
+    assert require("json", "something").__name__ == "json"
