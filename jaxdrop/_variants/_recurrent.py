@@ -53,9 +53,11 @@ def locked_dropout(
     Returns:
       An array of ``x``'s shape and dtype.
 
-    References: Y. Gal, Z. Ghahramani, "A Theoretically Grounded Application of
-    Dropout in Recurrent Neural Networks", NeurIPS 2016; S. Merity, N. S. Keskar,
-    R. Socher, "Regularizing and Optimizing LSTM Language Models", ICLR 2018.
+    References:
+      - Y. Gal, Z. Ghahramani, "A Theoretically Grounded Application of Dropout in
+        Recurrent Neural Networks", NeurIPS 2016.
+      - S. Merity, N. S. Keskar, R. Socher, "Regularizing and Optimizing LSTM Language
+        Models", ICLR 2018.
 
     >>> import jax, jax.numpy as jnp, jaxdrop
     >>> y = jaxdrop.locked_dropout(jax.random.key(0), jnp.ones((2, 5, 3)), 0.5)

@@ -31,14 +31,14 @@ not even the ``T`` outputs are stored. Metrics: :func:`negative_log_likelihood`
 and :func:`expected_calibration_error`.
 
 References:
-    Y. Gal, Z. Ghahramani, "Dropout as a Bayesian Approximation: Representing
-    Model Uncertainty in Deep Learning", ICML 2016.
-    N. Houlsby, F. Huszár, Z. Ghahramani, M. Lengyel, "Bayesian Active Learning
-    for Classification and Preference Learning", arXiv:1112.5745, 2011.
-    Y. Gal, R. Islam, Z. Ghahramani, "Deep Bayesian Active Learning with Image
-    Data", ICML 2017.
-    C. Guo, G. Pleiss, Y. Sun, K. Q. Weinberger, "On Calibration of Modern
-    Neural Networks", ICML 2017.
+    - Y. Gal, Z. Ghahramani, "Dropout as a Bayesian Approximation: Representing
+      Model Uncertainty in Deep Learning", ICML 2016.
+    - N. Houlsby, F. Huszár, Z. Ghahramani, M. Lengyel, "Bayesian Active Learning
+      for Classification and Preference Learning", arXiv:1112.5745, 2011.
+    - Y. Gal, R. Islam, Z. Ghahramani, "Deep Bayesian Active Learning with Image
+      Data", ICML 2017.
+    - C. Guo, G. Pleiss, Y. Sun, K. Q. Weinberger, "On Calibration of Modern
+      Neural Networks", ICML 2017.
 
 Example::
 
