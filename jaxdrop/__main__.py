@@ -7,7 +7,7 @@ from the same initial weights and with the same batches, prints the train and
 test error of both, and writes a PNG of the learning curves: without dropout
 the network fits the training set perfectly within ten epochs and its test loss
 climbs back up (overfitting); with dropout the train/test gap is smaller and the
-test error lower (7.9 % against 6.1 % with seed 0).
+test error lower (7.9 % against 5.9 % with seed 0).
 
 Default size, chosen to finish in about a minute (well under three) on two CPU
 cores while showing the effect clearly: hidden layers of 512 units rather than
