@@ -187,11 +187,11 @@ def positive(value: Any, fn: str, name: str) -> float | jax.Array:
     if is_concrete(value):
         v = _concrete_scalar(value, fn, name, "a positive number")
         if not (math.isfinite(v) and v > 0.0):
-            raise ValueError(f"jaxdrop.{fn}: `{name}` must be a finite number > 0, got {v}.")
+            raise ValueError(f"jaxdrop.{fn}: `{name}` must be a finite, positive number (> 0), got {v}.")
         return v
     value = _traced_scalar(value, fn, name)
     ok = (value > 0) & jnp.isfinite(value)
-    _require(ok, fn, name, "a finite number > 0", value)
+    _require(ok, fn, name, "a finite, positive number (> 0)", value)
     return jnp.where(ok, value, jnp.asarray(jnp.finfo(value.dtype).tiny, value.dtype))
 
 

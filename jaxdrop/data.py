@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxdrop import _checks
 from jaxdrop._extras import missing, require
 
 __all__ = [
@@ -365,10 +366,9 @@ def batches(
     >>> sizes
     [500, 500, 500, 297]
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"jaxdrop.data.batches: batch_size must be an int, got {batch_size!r}.")
+    batch_size = _checks.integer(batch_size, "data.batches", "batch_size")
     n = len(data)
-    nb = num_batches(n, int(batch_size), drop_remainder)
+    nb = num_batches(n, batch_size, drop_remainder)
     order = epoch_permutation(key, n, epoch) if shuffle else np.arange(n)
     for b in range(int(start), nb):
         idx = order[b * batch_size : (b + 1) * batch_size]

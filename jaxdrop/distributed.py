@@ -44,6 +44,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jaxdrop import _checks
+
 __all__ = [
     "ENV_COORDINATOR",
     "ENV_HEARTBEAT",
@@ -80,9 +82,7 @@ class WorkerError(RuntimeError):
 
 
 def _count(value: Any, name: str, fn: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"jaxdrop.distributed.{fn}: `{name}` must be an int >= {minimum}, got {value!r}.")
-    return value
+    return _checks.integer(value, f"distributed.{fn}", name, minimum=minimum)
 
 
 def _env_int(name: str) -> int | None:

@@ -85,7 +85,7 @@ def test_traced_nan_rate_drops_everything_as_documented():
 def test_traced_mc_parameters_are_reported_and_give_finite_variances(tau):
     ys = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
     err, r = jax.jit(jaxdrop.checked(lambda t: mc.regression(ys, tau=t)))(jnp.float32(tau))
-    assert "`tau` must be a finite number > 0" in err.get()
+    assert "`tau` must be a finite, positive number (> 0)" in err.get()
     assert bool(jnp.isfinite(r.variance).all() & (r.variance >= 0).all())
     err, prec = jax.jit(jaxdrop.checked(lambda r: mc.model_precision(1e-2, r, 100, 1e-4)))(jnp.float32(1.0))
     assert "`rate` must be < 1" in err.get() and bool(jnp.isfinite(prec))

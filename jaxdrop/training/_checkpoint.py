@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdrop import _checks
 from jaxdrop.training._errors import CheckpointError
 from jaxdrop.training._placement import host_value
 from jaxdrop.training._state import PyTree, TrainState
@@ -89,11 +90,8 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
         import orbax.checkpoint as ocp
 
-        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 2:
-            raise ValueError(
-                f"jaxdrop.training.Checkpointer: max_to_keep must be an int >= 2 (one to fall back to if "
-                f"the newest is corrupt), got {max_to_keep!r}."
-            )
+        # At least 2: one to fall back to if the newest is corrupt.
+        max_to_keep = _checks.integer(max_to_keep, "training.Checkpointer", "max_to_keep", minimum=2)
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdrop import _checks
 from jaxdrop.training._state import PyTree
 
 __all__ = ["cross_entropy_loss", "is_kernel", "max_norm", "path_names", "tree_all_finite"]
@@ -81,8 +81,9 @@ def max_norm(
     >>> q["kernel"].tolist(), q["bias"].tolist()
     ([[1.2000000476837158, 0.10000000149011612], [1.600000023841858, 0.0]], [10.0, 10.0])
     """
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
-        raise ValueError(f"jaxdrop.training.max_norm: the radius c must be a positive finite number, got {c!r}.")
+    if not _checks.is_concrete(c):
+        raise TypeError("jaxdrop.training.max_norm: the radius `c` must be a number known now, got a traced value.")
+    c = float(_checks.positive(c, "training.max_norm", "c"))
 
     def project(path: Sequence[Any], w: Any) -> Any:
         if not filter(path, w):
