@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "axes",
+    "axis",
     "below_one",
     "checked",
     "count",
@@ -264,6 +265,15 @@ def axes(axes_: Sequence[int] | int, ndim: int, fn: str, name: str = "broadcast_
     if len(set(out)) != len(out):
         raise ValueError(f"jaxdrop.{fn}: `{name}`={tuple(axes_)} repeats an axis.")
     return tuple(out)
+
+
+def axis(value: Any, ndim: int, fn: str, name: str) -> int:
+    """One required axis (negative allowed) normalised for rank ``ndim``."""
+    if value is None:
+        raise TypeError(f"jaxdrop.{fn}: `{name}` must be an int axis, got None.")
+    normalised = optional_axis(value, ndim, fn, name)
+    assert normalised is not None
+    return normalised
 
 
 def optional_axis(axis: Any, ndim: int, fn: str, name: str) -> int | None:

@@ -65,9 +65,7 @@ def feature_axes(
             f"jaxdrop.{fn}: `x` must have rank >= {min_rank} (a channel axis plus at least one "
             f"other axis, e.g. (N, L, C) or (N, H, W, C)), got rank {ndim}."
         )
-    ch = _checks.optional_axis(channel_axis, ndim, fn, "channel_axis")
-    if ch is None:
-        raise TypeError(f"jaxdrop.{fn}: `channel_axis` must be an int axis, got None.")
+    ch = _checks.axis(channel_axis, ndim, fn, "channel_axis")
     batch = _checks.optional_axis(batch_axis, ndim, fn, "batch_axis")
     if batch == ch:
         raise ValueError(

@@ -185,7 +185,15 @@ class Dropout(nn.Dropout):
         return jaxdrop.dropout(key, inputs, self.rate, broadcast_dims=dims, mode=self.mode)
 
 
-class ChannelDropout(nn.Module):
+class _Layer(nn.Module):
+    """Validates a layer's concrete rate (or stddev), activation and mode when it is built."""
+
+    def __post_init__(self) -> None:
+        check_layer(self, "linen")
+        super().__post_init__()
+
+
+class ChannelDropout(_Layer):
     """Channel (spatial) dropout, :func:`jaxdrop.channel_dropout` (Tompson et al., 2015).
 
     Whole feature maps are dropped per sample: an NHWC input keeps or drops each
@@ -212,10 +220,6 @@ class ChannelDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -226,7 +230,7 @@ class ChannelDropout(nn.Module):
         )
 
 
-class ActivationDropout(nn.Module):
+class ActivationDropout(_Layer):
     """``activation`` then dropout, :func:`jaxdrop.activation_dropout`: the backward pass
     keeps only the output (one activation-sized array, as without dropout).
 
@@ -253,10 +257,6 @@ class ActivationDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -267,7 +267,7 @@ class ActivationDropout(nn.Module):
         )
 
 
-class AlphaDropout(nn.Module):
+class AlphaDropout(_Layer):
     """Alpha dropout for SELU networks, :func:`jaxdrop.alpha_dropout` (Klambauer et al., 2017).
 
     Dropped units are set to SELU's negative saturation value and an affine map
@@ -290,10 +290,6 @@ class AlphaDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -302,7 +298,7 @@ class AlphaDropout(nn.Module):
         return jaxdrop.alpha_dropout(key, inputs, self.rate, broadcast_dims=self.broadcast_dims, mode=self.mode)
 
 
-class FeatureAlphaDropout(nn.Module):
+class FeatureAlphaDropout(_Layer):
     """Alpha dropout of whole channels, :func:`jaxdrop.feature_alpha_dropout`.
 
     Attributes:
@@ -324,10 +320,6 @@ class FeatureAlphaDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -338,7 +330,7 @@ class FeatureAlphaDropout(nn.Module):
         )
 
 
-class GaussianDropout(nn.Module):
+class GaussianDropout(_Layer):
     """Multiplicative Gaussian noise, :func:`jaxdrop.gaussian_dropout` (Srivastava et al., 2014, §10).
 
     ``y = x * e`` with ``e ~ N(1, rate / (1 - rate))``: the mean and variance of
@@ -361,10 +353,6 @@ class GaussianDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -375,7 +363,7 @@ class GaussianDropout(nn.Module):
         )
 
 
-class GaussianNoise(nn.Module):
+class GaussianNoise(_Layer):
     """Additive Gaussian noise, :func:`jaxdrop.gaussian_noise`: ``y = x + stddev * N(0, 1)``.
 
     Attributes:
@@ -393,10 +381,6 @@ class GaussianNoise(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.stddev))
@@ -405,7 +389,7 @@ class GaussianNoise(nn.Module):
         return jaxdrop.gaussian_noise(key, inputs, self.stddev, mode=self.mode)
 
 
-class DropBlock(nn.Module):
+class DropBlock(_Layer):
     """DropBlock, :func:`jaxdrop.dropblock` (Ghiasi et al., 2018): contiguous square blocks.
 
     Attributes:
@@ -429,10 +413,6 @@ class DropBlock(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -449,7 +429,7 @@ class DropBlock(nn.Module):
         )
 
 
-class DropPath(nn.Module):
+class DropPath(_Layer):
     """Stochastic depth, :func:`jaxdrop.drop_path` (Huang et al., 2016): whole samples of a branch.
 
     Use it on a residual branch: ``x + DropPath(rate)(branch(x))``.
@@ -476,10 +456,6 @@ class DropPath(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -496,7 +472,7 @@ class DropPath(nn.Module):
         )
 
 
-class LockedDropout(nn.Module):
+class LockedDropout(_Layer):
     """Locked (variational) dropout, :func:`jaxdrop.locked_dropout`: one mask for all time steps.
 
     Attributes:
@@ -517,10 +493,6 @@ class LockedDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         key = _key(self, deterministic, rng, noop=is_zero(self.rate))
@@ -529,7 +501,7 @@ class LockedDropout(nn.Module):
         return jaxdrop.locked_dropout(key, inputs, self.rate, time_axis=self.time_axis, mode=self.mode)
 
 
-class EmbeddingDropout(nn.Module):
+class EmbeddingDropout(_Layer):
     """An embedding lookup with embedding dropout, :func:`jaxdrop.embedding_dropout`.
 
     Like :class:`flax.linen.Embed` (same ``embedding`` parameter, so weights are
@@ -559,10 +531,6 @@ class EmbeddingDropout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         """Looks up integer ``inputs`` (any shape) in the (dropped) table: ``(*inputs.shape, D)``."""
@@ -573,7 +541,7 @@ class EmbeddingDropout(nn.Module):
         return jnp.take(table, inputs, axis=0)
 
 
-class Zoneout(nn.Module):
+class Zoneout(_Layer):
     """Zoneout, :func:`jaxdrop.zoneout` (Krueger et al., 2017): units keep their previous state.
 
     Called as ``Zoneout(rate)(h_prev, h_new)``; in evaluation it returns the
@@ -594,10 +562,6 @@ class Zoneout(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(
         self, h_prev: Any, h_new: Any, deterministic: bool | None = None, rng: Any = None
@@ -613,7 +577,7 @@ class Zoneout(nn.Module):
         return jaxdrop.zoneout(key, h_prev, h_new, self.rate, mode=self.mode)
 
 
-class DropConnectDense(nn.Module):
+class DropConnectDense(_Layer):
     """A dense layer with DropConnect on its kernel, :func:`jaxdrop.dropconnect_dense` (Wan et al., 2013).
 
     Parameters are named like :class:`flax.linen.Dense`'s (``kernel``, ``bias``).
@@ -642,10 +606,6 @@ class DropConnectDense(nn.Module):
     rng_collection: str = "dropout"
     mode: Mode = "exact"
 
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> jax.Array:
         if jnp.ndim(inputs) < 1:
@@ -660,7 +620,7 @@ class DropConnectDense(nn.Module):
         return jaxdrop.dropconnect_dense(key, inputs, kernel, self.rate, bias, mode=self.mode)
 
 
-class ConcreteDropout(nn.Module):
+class ConcreteDropout(_Layer):
     """Concrete dropout with a learned rate, wrapping a layer (Gal, Hron & Kendall, 2017).
 
     ``ConcreteDropout(nn.Dense(64))(x)`` applies :func:`jaxdrop.concrete_dropout`
@@ -704,10 +664,6 @@ class ConcreteDropout(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
     mode: Mode = "exact"
-
-    def __post_init__(self) -> None:
-        check_layer(self, "linen")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs: Any, deterministic: bool | None = None, rng: Any = None) -> Any:

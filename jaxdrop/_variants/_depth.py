@@ -78,9 +78,7 @@ def drop_path(
     rate = _checks.probability(rate, fn)
     if x.ndim < 1:
         raise ValueError(f"jaxdrop.{fn}: `x` must have a batch axis (rank >= 1), got a scalar.")
-    batch = _checks.optional_axis(batch_axis, x.ndim, fn, "batch_axis")
-    if batch is None:
-        raise TypeError(f"jaxdrop.{fn}: `batch_axis` must be an int axis, got None.")
+    batch = _checks.axis(batch_axis, x.ndim, fn, "batch_axis")
     scale = _checks.flag(scale_by_keep, fn, "scale_by_keep")
     whole = _checks.flag(batch_wise, fn, "batch_wise")
     mode = _checks.mode(mode, fn)

@@ -73,9 +73,7 @@ def locked_dropout(
             f"jaxdrop.{fn}: `x` must have a time axis and at least one other axis, e.g. (B, T, F) "
             f"(the default time_axis=1) or (T, F) with time_axis=0, got shape {x.shape}."
         )
-    t = _checks.optional_axis(time_axis, x.ndim, fn, "time_axis")
-    if t is None:
-        raise TypeError(f"jaxdrop.{fn}: `time_axis` must be an int axis, got None.")
+    t = _checks.axis(time_axis, x.ndim, fn, "time_axis")
     mode = _checks.mode(mode, fn)
     trivial = short_circuit(x, rate, _checks.flag(deterministic, fn))
     if trivial is not None:

@@ -58,12 +58,7 @@ def model_precision(
         >>> abs(mc.weight_decay(1e-2, 0.05, 455, tau) - 1e-6) < 1e-18  # the inverse
         True
     """
-    fn = "model_precision"
-    length_scale = _checks.positive(length_scale, f"mc.{fn}", "length_scale")
-    n_data = _checks.positive(n_data, f"mc.{fn}", "n_data")
-    weight_decay = _checks.positive(weight_decay, f"mc.{fn}", "weight_decay")
-    keep = 1.0 - _drop_rate(rate, fn)
-    return keep * length_scale**2 / (2.0 * n_data * weight_decay)
+    return _inverse_pair("model_precision", length_scale, rate, n_data, weight_decay, "weight_decay")
 
 
 def weight_decay(
@@ -89,12 +84,16 @@ def weight_decay(
         >>> abs(mc.model_precision(1e-2, 0.01, 1000, lam) - 0.5) < 1e-12
         True
     """
-    fn = "weight_decay"
+    return _inverse_pair("weight_decay", length_scale, rate, n_data, tau, "tau")
+
+
+def _inverse_pair(fn: str, length_scale: Any, rate: Any, n_data: Any, other: Any, name: str) -> float | jax.Array:
+    """``p l^2 / (2 N other)``: tau from lambda and lambda from tau are the same formula."""
     length_scale = _checks.positive(length_scale, f"mc.{fn}", "length_scale")
     n_data = _checks.positive(n_data, f"mc.{fn}", "n_data")
-    tau = _checks.positive(tau, f"mc.{fn}", "tau")
+    other = _checks.positive(other, f"mc.{fn}", name)
     keep = 1.0 - _drop_rate(rate, fn)
-    return keep * length_scale**2 / (2.0 * n_data * tau)
+    return keep * length_scale**2 / (2.0 * n_data * other)
 
 
 def _drop_rate(rate: Any, fn: str) -> float | jax.Array:
