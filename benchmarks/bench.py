@@ -33,12 +33,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +53,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     import jaxdrop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # check_goals, the shared timing helper
+import _machine
 from _timing import time_paired
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -242,47 +240,13 @@ def bench_mlp(
 # --------------------------------------------------------------------------- machine and report
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
-    dev = jax.devices()[0]
-    info: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "backend": jax.default_backend(),
-        "device": getattr(dev, "device_kind", str(dev)),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-        "versions": {
-            d: _version(d)
-            for d in ("jax", "jaxlib", "flax", "dm-haiku", "equinox", "torch", "numpy", "jaxdrop")
-        },
-    }
+    info = _machine.machine_info(("jax", "jaxlib", "flax", "dm-haiku", "equinox", "torch", "numpy", "jaxdrop"))
     if _TORCH is not None:
         info["torch_device"] = _TORCH_DEVICE
         info["torch_threads"] = _TORCH.get_num_threads()
         if _TORCH_DEVICE == "cuda":
             info["torch_cuda_device"] = _TORCH.cuda.get_device_name()
-    if hasattr(os, "getloadavg"):
-        info["loadavg_start"] = os.getloadavg()
     return info
 
 

@@ -53,15 +53,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import itertools
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -78,6 +74,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     import jaxdrop.attention as jda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing helper
+import _machine
 from _timing import time_paired
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -342,65 +339,11 @@ def block_sweep(
 # --------------------------------------------------------------------------- machine
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _mem_total() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _git_state() -> dict[str, Any] | None:
-    """The checkout's commit and the uncommitted files under jaxdrop/ (what was benchmarked)."""
-    root = str(Path(__file__).resolve().parents[1])
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", "-C", root, *cmd], capture_output=True, text=True, timeout=30).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = [line[3:] for line in git("status", "--porcelain", "--", "jaxdrop").splitlines()]
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "jaxdrop_uncommitted": dirty} if commit else None
-
-
 def machine_info() -> dict[str, Any]:
-    dev = jax.devices()[0]
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_bytes": _mem_total(),
-        "backend": jax.default_backend(),
-        "device": getattr(dev, "device_kind", str(dev)),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-        "versions": {d: _version(d) for d in ("jax", "jaxlib", "flax", "numpy", "jaxdrop")},
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "git": _git_state(),
-    }
+    info = _machine.machine_info(("jax", "jaxlib", "flax", "numpy", "jaxdrop"))
+    info["memory_bytes"] = _machine.mem_total()
+    info["git"] = _machine.git_state()
+    return info
 
 
 def machine_line(m: dict[str, Any]) -> str:

@@ -70,6 +70,7 @@ from flax import errors, jax_utils, nnx
 from flax import linen as nn
 from flax.core import pop
 from flax.nnx.nn.attention import combine_masks
+from helpers import assert_identical, assert_trees_identical
 from jax import lax, random
 from jax.lax import Precision
 from jax.nn import initializers
@@ -130,29 +131,7 @@ NNX_DPA_LIST = [
 ]
 NNX_DPA3 = pytest.mark.parametrize("dot_product_attention", NNX_DPA_LIST, ids=IDS3)
 
-# A jaxdrop bug found by these tests, expected to fail until fixed (see the report that
-# came with this file); strict, so the test reports when the fix lands.
 # ---------------------------------------------------------------------- helpers
-
-
-def assert_identical(a, b):
-    """Same shape, dtype and bytes (bit for bit)."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    if a.tobytes() != b.tobytes():
-        bad = int(np.sum(a.reshape(-1).view(np.uint8) != b.reshape(-1).view(np.uint8)))
-        raise AssertionError(f"outputs differ ({bad} differing bytes):\nflax    {a}\njaxdrop {b}")
-
-
-def assert_trees_identical(a, b):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb, (ta, tb)
-    for x, y in zip(la, lb, strict=True):
-        if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        assert_identical(x, y)
 
 
 def assert_matches_flax(ref, out, implementation, dropout, flax_fused=False):

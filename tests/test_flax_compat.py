@@ -27,7 +27,7 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 from flax.errors import InvalidRngError
-from helpers import binomial_bound
+from helpers import assert_identical, assert_trees_identical, binomial_bound
 
 import jaxdrop.linen as jdl
 import jaxdrop.nnx as jdn
@@ -37,26 +37,6 @@ NNX = pytest.mark.parametrize("Dropout", [nnx.Dropout, jdn.Dropout], ids=["flax"
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def assert_identical(a, b):
-    """Same shape, dtype and bytes (bit for bit: +0.0/-0.0 and NaN payloads too)."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    if a.tobytes() != b.tobytes():
-        bad = int(np.sum(a.reshape(-1).view(np.uint8) != b.reshape(-1).view(np.uint8)))
-        raise AssertionError(f"outputs differ ({bad} differing bytes):\nflax    {a}\njaxdrop {b}")
-
-
-def assert_trees_identical(a, b):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb, (ta, tb)
-    for x, y in zip(la, lb, strict=True):
-        if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        assert_identical(x, y)
 
 
 def outcome(fn):
