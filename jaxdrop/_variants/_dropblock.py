@@ -73,6 +73,11 @@ def dropblock_gamma(
             f"got {spatial_shape}."
         )
     block_size = _checks.integer(block_size, fn, "block_size", minimum=1)
+    return _gamma(rate, spatial_shape, block_size)
+
+
+def _gamma(rate: float | jax.Array, spatial_shape: Sequence[int], block_size: int) -> float | jax.Array:
+    """:func:`dropblock_gamma` for arguments already validated by the caller."""
     blocks = [min(block_size, s) for s in spatial_shape]
     area = math.prod(spatial_shape)
     valid = math.prod(s - b + 1 for s, b in zip(spatial_shape, blocks, strict=True))
@@ -137,7 +142,7 @@ def dropblock_mask(
     mode = _checks.mode(mode, fn)
     if math.prod(shape) == 0:
         return jnp.ones(shape, bool)
-    gamma = dropblock_gamma(rate, [shape[d] for d in spatial], bs)
+    gamma = _gamma(rate, [shape[d] for d in spatial], bs)
     p = np.asarray(gamma, mask_dtype()) if isinstance(gamma, float) else gamma
     return _jit_keep_mask(key, shape, p, bs, spatial, mode)
 
@@ -257,7 +262,7 @@ def dropblock(
         return trivial
     if x.size == 0:
         return x
-    gamma = dropblock_gamma(rate, [x.shape[d] for d in spatial], bs)
+    gamma = _gamma(rate, [x.shape[d] for d in spatial], bs)
     p = np.asarray(gamma, mask_dtype()) if isinstance(gamma, float) else gamma
     e = np.asarray(eps_, np.float32) if isinstance(eps_, float) else eps_.astype(jnp.float32)
     # Checkpointed: the backward pass regenerates the mask from the key instead of storing it.
